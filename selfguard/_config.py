@@ -1,0 +1,146 @@
+"""The guard's options: defaults, SELFGUARD_* environment variables and install() arguments, validated with the name of their source."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Optional
+
+MODES = ("enforce", "relent", "observe")
+MAX_RETRIES = 100
+
+_TRUE = ("1", "true", "on", "yes")
+_FALSE = ("0", "false", "off", "no")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the guard reacts to a self-connect.
+
+    mode: "enforce" retries and, when every attempt self-connects, raises
+        SelfConnectError; "relent" retries and then returns the self-connected
+        socket, as Go does; "observe" only counts, logs and notifies listeners.
+    retries: how many more attempts after the first (Go: 2).
+    retry_addrnotavail: also retry a connect that failed with EADDRNOTAVAIL on
+        a kernel-picked port, within the same budget (as Go does).
+    """
+
+    mode: str = "enforce"
+    retries: int = 2
+    retry_addrnotavail: bool = True
+
+
+def env_name(option: str) -> str:
+    return "SELFGUARD_" + option.upper()
+
+
+def _shorten(raw: str) -> str:
+    # A hostile or mistaken value may be megabytes long; the warning only
+    # needs enough of it to be recognised.
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected one of " + "/".join(_TRUE + _FALSE))
+
+
+def _parse_retries(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number from 0 to {MAX_RETRIES}") from None
+    return _check_retries(value)
+
+
+def _parse_mode(raw: str) -> str:
+    return _check_mode(raw.strip().lower())
+
+
+def _check_retries(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_RETRIES:
+        raise ValueError(f"expected a whole number from 0 to {MAX_RETRIES}")
+    return int(value)
+
+
+def _check_mode(value: Any) -> str:
+    if value not in MODES:
+        raise ValueError("expected one of " + ", ".join(MODES))
+    return str(value)
+
+
+def _check_bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("expected True or False")
+    return bool(value)
+
+
+# option name -> (parser for environment text, checker for Python values)
+_RULES: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
+    "mode": (_parse_mode, _check_mode),
+    "retries": (_parse_retries, _check_retries),
+    "retry_addrnotavail": (_parse_bool, _check_bool),
+}
+
+
+def resolve(arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> Options:
+    """Build Options: explicit arguments, then SELFGUARD_* variables, then defaults.
+
+    A bad argument raises (it is a bug in the caller's code). A bad environment
+    value only warns, naming the variable, and the default is used: a typo in a
+    deployment must never stop an interpreter from starting.
+    """
+    environ = os.environ if environ is None else environ
+    unknown = sorted(set(arguments) - set(_RULES))
+    if unknown:
+        raise TypeError(f"install() got an unexpected keyword argument {unknown[0]!r}")
+    values: dict[str, Any] = {}
+    for field in fields(Options):
+        name = field.name
+        parse, check = _RULES[name]
+        if name in arguments:
+            try:
+                values[name] = check(arguments[name])
+            except ValueError as exc:
+                raise ValueError(
+                    f"Invalid {name}={_shorten(arguments[name])} from install() argument: {exc}"
+                ) from None
+            continue
+        variable = env_name(name)
+        raw = environ.get(variable)
+        if raw is None:
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            warnings.warn(
+                f"Invalid value {_shorten(raw)} for {variable} environment variable: "
+                f"{exc}; using the default {field.default!r}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return Options(**values)
+
+
+def enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Read the SELFGUARD kill switch: unset or empty means enabled."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("SELFGUARD")
+    if raw is None or not raw.strip():
+        return True
+    try:
+        return _parse_bool(raw)
+    except ValueError as exc:
+        warnings.warn(
+            f"Invalid value {_shorten(raw)} for SELFGUARD environment variable: {exc}; "
+            "using the default (enabled)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return True

@@ -1,0 +1,38 @@
+"""The exception raised when every connect attempt met the socket itself."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+
+class SelfConnectError(ConnectionRefusedError):
+    """Every attempt to connect to *address* connected the socket to itself.
+
+    It is a :class:`ConnectionRefusedError` with ``errno.ECONNREFUSED``: a
+    self-connect only happens when nothing listens at *address*, so "connection
+    refused" is the truthful answer, and callers that already retry on refused
+    connections need no change.
+    """
+
+    def __init__(self, address: Any, attempts: int) -> None:
+        self.address = address
+        self.attempts = attempts
+        super().__init__(
+            errno.ECONNREFUSED,
+            f"Connection refused: nothing listens at {_format(address)}; "
+            f"the socket connected to itself on all {attempts} attempts",
+        )
+
+    # OSError pickles as (errno, strerror), which would lose address and
+    # attempts and call __init__ with the wrong arguments in the receiving
+    # process (multiprocessing, concurrent.futures).
+    def __reduce__(self) -> tuple[type[SelfConnectError], tuple[Any, int]]:
+        return type(self), (self.address, self.attempts)
+
+
+def _format(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return repr(address)

@@ -1,0 +1,185 @@
+"""Counters, listeners and log lines: everything the guard reports about what it saw."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+logger = logging.getLogger("selfguard")
+
+# Event kind -> the counter it increments.
+COUNTER_OF_KIND = {
+    "self_connect": "self_connects",
+    "retry": "retries",
+    "gave_up": "gave_up",
+    "relented": "relented",
+    "addrnotavail": "addrnotavail",
+    "fault": "faults",
+}
+COUNTERS = ("checked",) + tuple(COUNTER_OF_KIND.values())
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing the guard saw or did.
+
+    kind: "self_connect", "retry", "gave_up", "relented", "addrnotavail" or "fault".
+    api: the method that was called ("connect", "connect_ex").
+    local, remote: the socket's own address and the address it dialled, as
+        the socket module reports them (None where unknown).
+    attempt: 1 for the first connect attempt, 2 for the first retry, ...
+    detail: a short human-readable note (the reason for a retry, a fault).
+    """
+
+    kind: str
+    api: str
+    local: Optional[tuple[Any, ...]]
+    remote: Optional[tuple[Any, ...]]
+    attempt: int
+    detail: str = ""
+
+
+Listener = Callable[[Event], Any]
+
+_lock = threading.Lock()
+_counts = dict.fromkeys(COUNTERS, 0)
+# Copy-on-write, so publishing iterates without taking a lock.
+_listeners: tuple[Listener, ...] = ()
+_logged_once: set[str] = set()
+
+
+def count_checked() -> None:
+    # A plain `+= 1` on a dict is not atomic across threads: counts would be
+    # lost under load, and the counters are meant to be exact.
+    with _lock:
+        _counts["checked"] += 1
+
+
+def stats() -> dict[str, int]:
+    """Return a snapshot of the counters of this process.
+
+    checked: successful connects to a port inside the ephemeral range that
+        were examined; self_connects: self-connects seen; retries: attempts
+        made again (after a self-connect or a spurious EADDRNOTAVAIL);
+        gave_up: connects that self-connected on every attempt;
+        relented: of those, the ones handed back connected (mode "relent");
+        addrnotavail: spurious EADDRNOTAVAIL seen on kernel-picked ports;
+        faults: failures of the guard's own machinery (it failed open).
+    """
+    with _lock:
+        return dict(_counts)
+
+
+def reset_stats() -> None:
+    """Set every counter back to zero."""
+    with _lock:
+        for name in _counts:
+            _counts[name] = 0
+
+
+def add_listener(fn: Listener) -> None:
+    """Call *fn* with every Event, on the connecting thread, as it happens.
+
+    Exceptions from *fn* are caught, counted as faults and logged once; time
+    spent in *fn* is not charged to the socket's timeout. Adding the same
+    function twice has no effect.
+    """
+    global _listeners
+    with _lock:
+        if fn not in _listeners:
+            _listeners = _listeners + (fn,)
+
+
+def remove_listener(fn: Listener) -> None:
+    """Stop calling *fn*; removing a function that was never added does nothing."""
+    global _listeners
+    with _lock:
+        _listeners = tuple(x for x in _listeners if x != fn)
+
+
+def publish(event: Event) -> float:
+    """Count, log and hand *event* to the listeners; return the seconds it took.
+
+    Never raises: reporting must not break the connect it reports on.
+    """
+    started = time.monotonic()
+    with _lock:
+        _counts[COUNTER_OF_KIND[event.kind]] += 1
+    try:
+        _log(event)
+    except Exception:  # a broken handler or formatter; nothing to log it with
+        pass
+    for fn in _listeners:
+        try:
+            fn(event)
+        except Exception as exc:
+            fault(f"listener {fn!r}", exc, event.api)
+    return time.monotonic() - started
+
+
+def fault(what: str, exc: BaseException, api: str = "") -> None:
+    """Record a failure of the guard's own machinery: counted always, logged once per kind."""
+    with _lock:
+        _counts["faults"] += 1
+        first = what not in _logged_once
+        _logged_once.add(what)
+    if first:
+        try:
+            logger.warning(
+                "selfguard: %s failed (%s: %s); the connect proceeds unguarded. "
+                "Further failures of this kind are counted in stats()['faults'] but not logged.",
+                what,
+                type(exc).__name__,
+                exc,
+            )
+        except Exception:
+            pass
+    for fn in _listeners:
+        try:
+            fn(Event("fault", api, None, None, 0, f"{what}: {type(exc).__name__}: {exc}"))
+        except Exception:
+            pass  # a listener failing on a fault event must not recurse
+
+
+def _log(event: Event) -> None:
+    if event.kind == "self_connect":
+        logger.warning(
+            "self-connect: %s connected to itself (%s, attempt %d)",
+            _address(event.local),
+            event.api,
+            event.attempt,
+        )
+    elif event.kind in ("gave_up", "relented"):
+        logger.warning(
+            "%s %s: every attempt self-connected (%s)",
+            "gave up on" if event.kind == "gave_up" else "relented: returning a self-connected socket for",
+            _address(event.remote),
+            event.detail,
+        )
+    elif logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s on %s (%s, attempt %d) %s", event.kind, _address(event.remote), event.api, event.attempt, event.detail)
+
+
+def _address(address: Optional[tuple[Any, ...]]) -> str:
+    if not address:
+        return "?"
+    host = str(address[0])
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+
+def _after_fork_in_child() -> None:
+    # The parent's lock may have been held by another thread at fork time; a
+    # child that inherited it locked would deadlock on its first connect.
+    # Counters are per process: a forked worker starts from zero, so summing
+    # the workers' counters counts each event once.
+    global _lock, _counts
+    _lock = threading.Lock()
+    _counts = dict.fromkeys(COUNTERS, 0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,74 @@
+"""What the guard asks of the Linux kernel: the ephemeral port range, self-connect detection, and disconnecting a socket in place."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Optional
+
+RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def read_ephemeral_range(path: str = RANGE_FILE) -> tuple[int, int]:
+    """Return the (low, high) ports the kernel picks source ports from.
+
+    Raises OSError or ValueError when the range cannot be read (not Linux, a
+    restricted /proc): the caller decides how to fail open.
+    """
+    with open(path, "rb") as f:
+        low, high = (int(field) for field in f.read().split())
+    if not 0 < low <= high <= 65535:
+        raise ValueError(f"implausible ephemeral port range {low}-{high} in {path}")
+    return low, high
+
+
+def is_self_connected(sock: Any) -> bool:
+    """Tell whether a TCP socket is connected to itself.
+
+    Compares host and port of both ends only (IPv6 tuples also carry flowinfo
+    and scope id). Any socket that is not a connected AF_INET/AF_INET6 socket
+    answers False; this never raises.
+    """
+    try:
+        if sock.family not in _INET_FAMILIES:
+            return False
+        local = sock.getsockname()
+        peer = sock.getpeername()
+    except (OSError, AttributeError, ValueError):
+        # ENOTCONN: not connected, so not connected to itself. A closed
+        # socket (EBADF, or fileno -1) likewise.
+        return False
+    return bool(local[:2] == peer[:2])
+
+
+_libc_connect: Optional[Callable[..., int]] = None
+_unspec_address: Any = None
+
+
+def disconnect(sock: socket.socket) -> None:
+    """Reset a connected TCP socket to the unconnected state, keeping its fd and options.
+
+    connect() with an AF_UNSPEC address makes Linux run tcp_disconnect(): it
+    sends RST (so no TIME_WAIT keeps the port from a server that wants it),
+    releases a kernel-picked port, and leaves the socket ready for another
+    connect() with every socket option intact. Python's connect() cannot build
+    an AF_UNSPEC address, so this goes through libc. ctypes is imported on the
+    first call only: a self-connect is rare, and most processes never see one.
+    """
+    global _libc_connect, _unspec_address
+    if _libc_connect is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.connect.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+        libc.connect.restype = ctypes.c_int
+        # struct sockaddr with sa_family == AF_UNSPEC (0): 16 zero bytes.
+        _unspec_address = ctypes.create_string_buffer(16)
+        _libc_connect = libc.connect
+    if _libc_connect(sock.fileno(), _unspec_address, 16) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
