@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import wrapt
 
@@ -36,9 +36,9 @@ _options: Optional[_config.Options] = None
 # A self-connect needs a kernel-picked source port, which always lies inside
 # net.ipv4.ip_local_port_range; so does the destination port then. Connects to
 # any port outside the range (80, 443, 5432, 6379, ...) skip every syscall.
-# The range is re-read every RANGE_REFRESH seconds so a sysctl change is seen.
+# The cached range is re-read at most every RANGE_REFRESH seconds.
 RANGE_REFRESH = 1.0
-_low, _high = 1, 65535
+_low, _high = 0, -1  # empty: the first connect reads the real range
 _range_read_at = float("-inf")
 
 # Sockets bound to an explicit, non-zero port: the user chose that port, so
@@ -48,8 +48,18 @@ _range_read_at = float("-inf")
 _user_bound: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
-def _refresh_range(now: float) -> None:
+def _in_refreshed_range(port: int) -> bool:
+    """Re-read the range if it is due, and tell whether *port* lies in it.
+
+    Only called for ports outside the cached range: a range that widened is
+    seen within RANGE_REFRESH seconds, and connects inside the cached range
+    never pay for the clock. (A range that narrowed only costs checks that
+    find nothing, until a connect outside it refreshes the cache.)
+    """
     global _low, _high, _range_read_at
+    now = _monotonic()
+    if now - _range_read_at <= RANGE_REFRESH:
+        return False
     _range_read_at = now
     try:
         _low, _high = read_ephemeral_range()
@@ -58,135 +68,178 @@ def _refresh_range(now: float) -> None:
         # a candidate. Costs a syscall per TCP connect, never misses one.
         _low, _high = 1, 65535
         _events.fault("reading the ephemeral port range", exc)
+    return _low <= port <= _high
 
 
 def _make_wrapper(api: str) -> Callable[..., Any]:
+    """Build the wrapper for socket.socket.connect or .connect_ex.
+
+    It runs on every connect of the process, so it is written for speed: it
+    rejects UDP and unusual calls first, reads only what is already in memory
+    before the real call (the user's arguments are left for the stdlib to
+    validate, with its own errors), makes the first attempt inline and leaves
+    everything rare -- a self-connect, EADDRNOTAVAIL -- to _retry().
+    """
     returns_code = api == "connect_ex"
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # The fast path: every check below reads what is already in memory,
-        # cannot raise, and rejects UDP before anything else, so the cost over
-        # a bare wrapt passthrough stays in the noise.
-        if len(args) == 1 and not kwargs and _options is not None and _type(instance) == _SOCK_STREAM:
-            address = args[0]
-            if type(address) is tuple and len(address) >= 2:
-                port = address[1]
-                if type(port) is int:
-                    now = _monotonic()
-                    if now - _range_read_at > RANGE_REFRESH:
-                        _refresh_range(now)
-                    if _low <= port <= _high and _family(instance) in _INET_FAMILIES:
-                        code = _guarded_connect(wrapped, instance, address, port, api)
-                        return code if returns_code else None
+        if _options is None or _type(instance) != _SOCK_STREAM or kwargs or len(args) != 1:
+            return wrapped(*args, **kwargs)
+        address = args[0]
+        if type(address) is not tuple or len(address) < 2 or type(address[1]) is not int:
             return wrapped(address)
-        return wrapped(*args, **kwargs)
+        port = address[1]
+        if not _low <= port <= _high and not _in_refreshed_range(port):
+            return wrapped(address)
 
-    wrapper.__name__ = f"selfguard_{api}"
+        local = None
+        if returns_code:
+            code = wrapped(address)
+            if code == 0:
+                local = _self_connected(instance, port)
+                if local is None:
+                    return 0
+            elif code != _EADDRNOTAVAIL or _family(instance) not in _INET_FAMILIES:
+                return code
+            return _retry(wrapped, instance, address, port, api, local, code)
+
+        try:
+            wrapped(address)
+        except OSError as exc:
+            if exc.errno != _EADDRNOTAVAIL or _family(instance) not in _INET_FAMILIES:
+                raise
+            error: Union[int, OSError] = exc
+        else:
+            local = _self_connected(instance, port)
+            if local is None:
+                return None
+            error = 0
+        # Outside the except block, so a later attempt's exception is not
+        # chained to the first one: callers see it as the stdlib raised it.
+        _retry(wrapped, instance, address, port, api, local, error)
+        return None
+
+    wrapper.__name__ = wrapper.__qualname__ = f"selfguard_{api}"
     return wrapper
 
 
-def _attempt(wrapped: Callable[..., Any], address: Any, returns_code: bool) -> tuple[int, Optional[OSError]]:
-    """One call of the real method, as (errno or 0, the exception connect raised)."""
-    if returns_code:
-        return wrapped(address), None
-    try:
-        wrapped(address)
-    except OSError as exc:
-        return exc.errno or -1, exc
-    return 0, None
-
-
-def _self_connected(sock: socket.socket, port: int, api: str) -> Optional[tuple[Any, ...]]:
+def _self_connected(sock: socket.socket, port: int) -> Optional[tuple[Any, ...]]:
     """Return the local address if *sock*, just connected to *port*, is connected to itself."""
     try:
         local = _getsockname(sock)
     except OSError as exc:
-        _events.fault("getsockname after connect", exc, api)
+        _events.fault("getsockname after connect", exc)
         return None
-    _events.count_checked()
+    next(_events.checked)
     # The peer's port is the port we dialled, so unless the kernel picked that
     # same port for our end this cannot be a self-connect: one syscall, not two.
-    if local[1] != port:
+    # The family is checked only then: AF_VSOCK, AF_TIPC and Bluetooth stream
+    # sockets also take (x, int) addresses, but they are rare and not at risk.
+    if local[1] != port or _family(sock) not in _INET_FAMILIES:
         return None
     try:
         peer = _getpeername(sock)
     except OSError:
         return None  # ENOTCONN: the connection is already gone; not a self-connect
-    return local if local[:2] == peer[:2] else None
+    if local[:2] != peer[:2] or sock in _user_bound:
+        return None
+    return local
 
 
-def _guarded_connect(wrapped: Callable[..., Any], sock: socket.socket, address: tuple[Any, ...], port: int, api: str) -> int:
-    """Connect, retrying self-connects and spurious EADDRNOTAVAIL; return 0 or an errno.
+def _attempt(wrapped: Callable[..., Any], address: Any, api: str) -> Union[int, OSError]:
+    """One more call of the real method: 0, connect_ex's errno, or the exception connect raised."""
+    if api == "connect_ex":
+        return int(wrapped(address))
+    try:
+        wrapped(address)
+    except OSError as exc:
+        return exc
+    return 0
 
-    For connect() every error is raised as the stdlib raised it; for
-    connect_ex() it is returned. The socket's timeout bounds all attempts
-    together, not counting time spent in listeners.
+
+def _retry(
+    wrapped: Callable[..., Any],
+    sock: socket.socket,
+    address: tuple[Any, ...],
+    port: int,
+    api: str,
+    local: Optional[tuple[Any, ...]],
+    error: Union[int, OSError],
+) -> int:
+    """Handle a first attempt that self-connected (*local* set) or hit EADDRNOTAVAIL (*error*).
+
+    Returns 0 (connected, to someone else unless relenting or observing) or,
+    for connect_ex, an errno; for connect every error is raised, the stdlib's
+    own exception where there is one. The socket's timeout bounds all attempts
+    together; the clock starts here because both reasons to retry are local
+    and immediate, and time spent in listeners is not charged.
     """
     options = _options
-    assert options is not None
-    returns_code = api == "connect_ex"
-    deadline_start = _monotonic()
+    if options is None:  # uninstalled meanwhile
+        return _fail(error)
+    started = _monotonic()
     original_timeout: Any = _NOT_CHANGED
     attempt = 1
     try:
         while True:
-            err, exc = _attempt(wrapped, address, returns_code)
-            if err == 0:
-                local = _self_connected(sock, port, api)
-                if local is None or sock in _user_bound:
-                    return 0
-                deadline_start += _events.publish(Event("self_connect", api, local, address, attempt))
+            if local is not None:
+                started += _events.publish(Event("self_connect", api, local, address, attempt))
                 if options.mode == "observe":
                     return 0
                 reason = "self-connect"
-            elif err == _EADDRNOTAVAIL and options.retry_addrnotavail and sock not in _user_bound:
-                deadline_start += _events.publish(Event("addrnotavail", api, None, address, attempt))
+            elif (error if isinstance(error, int) else error.errno) == _EADDRNOTAVAIL:
+                if not options.retry_addrnotavail or sock in _user_bound:
+                    return _fail(error)
+                started += _events.publish(Event("addrnotavail", api, None, address, attempt))
                 reason = "EADDRNOTAVAIL"
             else:
-                if exc is not None:
-                    raise exc
-                return err
+                return _fail(error)
 
             exhausted = attempt > options.retries
-            if err == 0:
+            if local is not None:
                 if exhausted and options.mode == "relent":
                     _events.publish(Event("relented", api, local, address, attempt, f"{attempt} attempts"))
                     return 0
                 try:
                     disconnect(sock)
-                except OSError as fault_exc:
+                except OSError as exc:
                     # Fail open: the socket stays connected, as without the guard.
-                    _events.fault("disconnecting a self-connected socket", fault_exc, api)
+                    _events.fault("disconnecting a self-connected socket", exc, api)
                     return 0
-            if exhausted:
-                if err:  # EADDRNOTAVAIL on every attempt: report the last one as it was
-                    if exc is not None:
-                        raise exc
-                    return err
-                _events.publish(Event("gave_up", api, local, address, attempt, f"{attempt} attempts"))
-                if returns_code:
-                    return errno.ECONNREFUSED
-                raise SelfConnectError(address, attempt)
+                if exhausted:
+                    _events.publish(Event("gave_up", api, local, address, attempt, f"{attempt} attempts"))
+                    return _fail(errno.ECONNREFUSED if api == "connect_ex" else SelfConnectError(address, attempt))
+            elif exhausted:
+                return _fail(error)  # EADDRNOTAVAIL every time: report the last one as it was
 
-            timeout = sock.gettimeout()
             if original_timeout is _NOT_CHANGED:
-                original_timeout = timeout
-            if original_timeout is not None and original_timeout > 0:
-                remaining = original_timeout - (_monotonic() - deadline_start)
+                original_timeout = sock.gettimeout()
+            if original_timeout:
+                remaining = original_timeout - (_monotonic() - started)
                 if remaining <= 0:
-                    # As CPython reports a connect that ran out of time.
-                    if returns_code:
-                        return errno.EWOULDBLOCK
-                    raise socket.timeout("timed out")
+                    # What CPython reports for a connect that ran out of time.
+                    return _fail(errno.EWOULDBLOCK if api == "connect_ex" else socket.timeout("timed out"))
                 sock.settimeout(remaining)
             attempt += 1
-            deadline_start += _events.publish(Event("retry", api, None, address, attempt, reason))
+            started += _events.publish(Event("retry", api, None, address, attempt, reason))
+            error = _attempt(wrapped, address, api)
+            if error == 0:
+                local = _self_connected(sock, port)
+                if local is None:
+                    return 0
     finally:
         if original_timeout is not _NOT_CHANGED:
             try:
                 sock.settimeout(original_timeout)
             except OSError:
                 pass  # closed by another thread meanwhile; nothing left to restore
+
+
+def _fail(error: Union[int, BaseException]) -> int:
+    """Raise *error* if it is an exception, else return it as connect_ex's errno."""
+    if isinstance(error, BaseException):
+        raise error
+    return int(error)
 
 
 _NOT_CHANGED: Any = object()
