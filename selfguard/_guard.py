@@ -223,10 +223,9 @@ def _retry(
             attempt += 1
             started += _events.publish(Event("retry", api, None, address, attempt, reason))
             error = _attempt(wrapped, address, api)
-            if error == 0:
-                local = _self_connected(sock, port)
-                if local is None:
-                    return 0
+            local = _self_connected(sock, port) if error == 0 else None
+            if error == 0 and local is None:
+                return 0
     finally:
         if original_timeout is not _NOT_CHANGED:
             try:

@@ -1,0 +1,106 @@
+"""Shared fixtures: a clean guard for every test, free ports inside the ephemeral range, forced self-connects."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import sys
+from typing import Callable, Iterator
+
+import pytest
+
+import selfguard
+from selfguard import _events
+from selfguard._kernel import read_ephemeral_range
+from selfguard.testing import can_force_self_connect, force_self_connect
+
+ON_CI = bool(os.environ.get("CI"))
+LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with *reason* when *condition* is false -- except on CI, where it must run."""
+    if condition:
+        return
+    if ON_CI:
+        pytest.fail(f"CI must be able to run this test, but: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def clean_guard() -> Iterator[None]:
+    """Every test starts and ends with the guard off, counters at zero and no listeners."""
+    selfguard.uninstall()
+    selfguard.reset_stats()
+    yield
+    selfguard.uninstall()
+    selfguard.reset_stats()
+    for fn in _events._listeners:
+        selfguard.remove_listener(fn)
+    _events._logged_once.clear()
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Return a function giving a fresh port inside the ephemeral range that nothing holds."""
+    low, high = read_ephemeral_range()
+    used: set[int] = set()
+
+    def pick() -> int:
+        for _ in range(1000):
+            port = random.randint(low, high)
+            if port in used:
+                continue
+            probe = socket.socket()
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                probe.close()
+            used.add(port)
+            return port
+        raise RuntimeError("no free port in the ephemeral range")
+
+    return pick
+
+
+@pytest.fixture
+def forced() -> Callable[..., socket.socket]:
+    """Return a factory of TCP sockets whose next connect to *port* self-connects (IP_LOCAL_PORT_RANGE)."""
+    require(sys.platform.startswith("linux") and can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    made: list[socket.socket] = []
+
+    def make(port: int, family: int = socket.AF_INET, timeout: float | None = 5.0) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        force_self_connect(sock, port)
+        sock.settimeout(timeout)
+        made.append(sock)
+        return sock
+
+    yield make
+    for sock in made:
+        close_rst(sock)
+
+
+def close_rst(sock: socket.socket) -> None:
+    """Close with RST, so a test's self-connected socket leaves no TIME_WAIT behind."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+    except OSError:
+        pass
+    sock.close()
+
+
+def can_bind(port: int, host: str = "127.0.0.1") -> bool:
+    """Tell whether a server that does not set SO_REUSEADDR could bind *port* now."""
+    srv = socket.socket()
+    try:
+        srv.bind((host, port))
+    except OSError:
+        return False
+    finally:
+        srv.close()
+    return True

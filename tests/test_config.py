@@ -1,0 +1,96 @@
+"""Configuration: install() arguments over SELFGUARD_* variables over defaults; bad values get a clear answer."""
+
+from __future__ import annotations
+
+import pytest
+
+import selfguard
+from selfguard import _config, _guard
+
+
+def test_defaults():
+    """With nothing set: enforce, 2 retries, EADDRNOTAVAIL retried."""
+    assert _config.Options("enforce", 2, True) == _config.resolve({}, {})
+
+
+def test_environment_variables_set_each_option():
+    """Every option has a SELFGUARD_* variable."""
+    environ = {"SELFGUARD_MODE": " Relent ", "SELFGUARD_RETRIES": "5", "SELFGUARD_RETRY_ADDRNOTAVAIL": "off"}
+    assert _config.Options("relent", 5, False) == _config.resolve({}, environ)
+
+
+def test_arguments_win_over_the_environment():
+    """An explicit install() argument beats the environment variable."""
+    environ = {"SELFGUARD_RETRIES": "5", "SELFGUARD_MODE": "observe"}
+    assert _config.Options("observe", 1, True) == _config.resolve({"retries": 1}, environ)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("SELFGUARD_RETRIES", "abc"),
+        ("SELFGUARD_RETRIES", "-1"),
+        ("SELFGUARD_RETRIES", "101"),
+        ("SELFGUARD_RETRIES", ""),
+        ("SELFGUARD_MODE", "strict"),
+        ("SELFGUARD_RETRY_ADDRNOTAVAIL", "maybe"),
+        ("SELFGUARD_MODE", "é" * 10_000),
+    ],
+)
+def test_a_bad_environment_value_warns_naming_the_variable_and_uses_the_default(variable, raw):
+    """A typo in a deployment warns once, names the variable, and never stops the program."""
+    with pytest.warns(RuntimeWarning) as record:
+        options = _config.resolve({}, {variable: raw})
+    assert _config.Options() == options
+    assert 1 == len(record)
+    message = str(record[0].message)
+    assert variable in message and "using the default" in message
+    assert len(message) < 300  # a huge value is shortened, not echoed
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "error"),
+    [
+        ("retries", -1, ValueError),
+        ("retries", "2", ValueError),
+        ("retries", True, ValueError),
+        ("mode", "strict", ValueError),
+        ("retry_addrnotavail", 1, ValueError),
+        ("retires", 2, TypeError),
+    ],
+)
+def test_a_bad_argument_raises_naming_it(argument, value, error):
+    """A bad install() argument is a bug in the caller's code: it raises, naming the argument."""
+    with pytest.raises(error, match=argument):
+        selfguard.install(**{argument: value})
+    assert not selfguard.is_installed()
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "OFF", " no "])
+def test_selfguard_off_makes_install_a_no_op(monkeypatch, raw):
+    """SELFGUARD=0/false/off turns install() into a no-op that returns False."""
+    monkeypatch.setenv("SELFGUARD", raw)
+    assert selfguard.install() is False
+    assert not selfguard.is_installed()
+    assert "connect" not in vars(__import__("socket").socket)
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "on", ""])
+def test_selfguard_on_or_unset_lets_install_work(monkeypatch, raw):
+    """SELFGUARD=1/true/on (or empty) leaves install() working."""
+    monkeypatch.setenv("SELFGUARD", raw)
+    assert selfguard.install() is True
+
+
+def test_a_bad_selfguard_value_warns_and_keeps_the_guard_on(monkeypatch):
+    """An unreadable SELFGUARD value warns, names the variable, and the default (enabled) applies."""
+    monkeypatch.setenv("SELFGUARD", "perhaps")
+    with pytest.warns(RuntimeWarning, match="SELFGUARD environment variable"):
+        assert selfguard.install() is True
+
+
+def test_install_reads_the_environment(monkeypatch):
+    """install() without arguments takes SELFGUARD_* from os.environ."""
+    monkeypatch.setenv("SELFGUARD_RETRIES", "7")
+    selfguard.install()
+    assert 7 == _guard._options.retries

@@ -1,0 +1,122 @@
+"""install()/uninstall(): exact restoration, idempotence, coexistence with other patches, thread safety."""
+
+from __future__ import annotations
+
+import _socket
+import socket
+import threading
+
+import pytest
+import wrapt
+
+import selfguard
+
+PATCHED = ("connect", "connect_ex", "bind")
+
+
+def test_install_patches_and_uninstall_restores_the_originals_exactly():
+    """After uninstall() socket.socket has no attribute of ours: the inherited C methods show through."""
+    selfguard.install()
+    assert all(isinstance(vars(socket.socket)[name], wrapt.FunctionWrapper) for name in PATCHED)
+    selfguard.uninstall()
+    assert not any(name in vars(socket.socket) for name in PATCHED)
+    assert socket.socket.connect is _socket.socket.connect
+    assert socket.socket.connect_ex is _socket.socket.connect_ex
+
+
+def test_install_twice_patches_once_and_applies_the_new_options(forced, free_port):
+    """A second install() keeps the same wrappers and only changes the options."""
+    selfguard.install()
+    first = vars(socket.socket)["connect"]
+    selfguard.install(mode="relent")
+    assert first is vars(socket.socket)["connect"]
+    port = free_port()
+    sock = forced(port)
+    sock.connect(("127.0.0.1", port))  # relent: no exception
+    assert 3 == selfguard.stats()["self_connects"]
+
+
+def test_uninstall_twice_and_without_install_is_harmless():
+    """uninstall() when nothing is installed does nothing."""
+    selfguard.uninstall()
+    selfguard.uninstall()
+    assert not selfguard.is_installed()
+
+
+def test_is_installed_tells():
+    """is_installed() follows install() and uninstall()."""
+    assert not selfguard.is_installed()
+    assert selfguard.install() is True
+    assert selfguard.is_installed()
+    selfguard.uninstall()
+    assert not selfguard.is_installed()
+
+
+def test_a_patch_applied_on_top_survives_uninstall(forced, free_port):
+    """uninstall() leaves another library's wrapper in place and ours goes quiet beneath it."""
+    calls = []
+
+    def theirs(wrapped, instance, args, kwargs):
+        calls.append(args)
+        return wrapped(*args, **kwargs)
+
+    selfguard.install()
+    wrapt.wrap_function_wrapper(socket.socket, "connect", theirs)
+    try:
+        their_wrapper = vars(socket.socket)["connect"]
+        selfguard.uninstall()
+        assert their_wrapper is vars(socket.socket)["connect"]
+        assert not selfguard.is_installed()
+        port = free_port()
+        sock = forced(port)
+        sock.connect(("127.0.0.1", port))  # unguarded now: the self-connect goes through
+        assert selfguard.is_self_connected(sock)
+        assert calls and 0 == selfguard.stats()["self_connects"]
+
+        # Installing again reuses our wrapper beneath theirs instead of stacking a second one.
+        selfguard.install()
+        assert their_wrapper is vars(socket.socket)["connect"]
+        port = free_port()
+        with pytest.raises(selfguard.SelfConnectError):
+            forced(port).connect(("127.0.0.1", port))
+        assert 3 == selfguard.stats()["self_connects"]
+    finally:
+        selfguard.uninstall()
+        del socket.socket.connect  # theirs, wrapping ours
+    assert "connect" not in vars(socket.socket) or selfguard.is_installed() is False
+
+
+def test_a_patch_applied_before_install_is_restored_not_deleted():
+    """If socket.socket already had its own connect, uninstall() puts that one back."""
+
+    def theirs(self, address):
+        return _socket.socket.connect(self, address)
+
+    socket.socket.connect = theirs
+    try:
+        selfguard.install()
+        selfguard.uninstall()
+        assert theirs is vars(socket.socket)["connect"]
+    finally:
+        del socket.socket.connect
+
+
+def test_install_and_uninstall_from_many_threads_leave_a_consistent_state():
+    """Concurrent install()/uninstall() calls never leave a half-patched class."""
+    barrier = threading.Barrier(8)
+
+    def toggle():
+        barrier.wait()
+        for _ in range(200):
+            selfguard.install()
+            selfguard.uninstall()
+
+    threads = [threading.Thread(target=toggle) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert not any(name in vars(socket.socket) for name in PATCHED)
+    selfguard.install()
+    assert all(name in vars(socket.socket) for name in PATCHED)
