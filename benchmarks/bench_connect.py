@@ -114,7 +114,9 @@ VARIANTS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
 }
 
 
-def measure(cases: dict[str, Callable[[int], None]], rounds: int, iterations: dict[str, int]) -> dict[str, dict[str, list[float]]]:
+def measure(
+    cases: dict[str, Callable[[int], None]], rounds: int, iterations: dict[str, int]
+) -> dict[str, dict[str, list[float]]]:
     times: dict[str, dict[str, list[float]]] = {c: {v: [] for v in VARIANTS} for c in cases}
     for case, run in cases.items():
         run(iterations[case] // 10)  # warm up caches and the allocator
@@ -165,8 +167,10 @@ def main() -> None:
     }
     base_iterations = [1500, 1500, 3000, 6000]
     iterations = {c: max(1, int(n * args.scale)) for c, n in zip(cases, base_iterations)}
-    print(f"Python {sys.version.split()[0]}, wrapt {wrapt.__version__}, selfguard {selfguard.__version__}, "
-          f"ephemeral range {low}-{high}, {args.rounds} rounds; ratios are medians over rounds\n")
+    print(
+        f"Python {sys.version.split()[0]}, wrapt {wrapt.__version__}, selfguard {selfguard.__version__}, "
+        f"ephemeral range {low}-{high}, {args.rounds} rounds; ratios are medians over rounds\n"
+    )
     report(measure(cases, args.rounds, iterations))
     stats = selfguard.stats()
     print(f"\nselfguard checked {stats['checked']} connects, saw {stats['self_connects']} self-connects")

@@ -1,4 +1,4 @@
-"""The guard's options: defaults, SELFGUARD_* environment variables and install() arguments, validated with the name of their source."""
+"""The guard's options: defaults, SELFGUARD_* variables and install() arguments, checked with their source."""
 
 from __future__ import annotations
 
@@ -108,9 +108,7 @@ def resolve(arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] =
             try:
                 values[name] = check(arguments[name])
             except ValueError as exc:
-                raise ValueError(
-                    f"Invalid {name}={_shorten(arguments[name])} from install() argument: {exc}"
-                ) from None
+                raise ValueError(f"Invalid {name}={_shorten(arguments[name])} from install() argument: {exc}") from None
             continue
         variable = env_name(name)
         raw = environ.get(variable)
@@ -138,8 +136,7 @@ def enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
         return _parse_bool(raw)
     except ValueError as exc:
         warnings.warn(
-            f"Invalid value {_shorten(raw)} for SELFGUARD environment variable: {exc}; "
-            "using the default (enabled)",
+            f"Invalid value {_shorten(raw)} for SELFGUARD environment variable: {exc}; using the default (enabled)",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -54,7 +54,9 @@ def _dial(port: int, forced: bool) -> socket.socket:
     return sock
 
 
-def _until(port: int, forced: bool, done: Callable[[socket.socket], bool]) -> tuple[Optional[socket.socket], int, Optional[BaseException]]:
+def _until(
+    port: int, forced: bool, done: Callable[[socket.socket], bool]
+) -> tuple[Optional[socket.socket], int, Optional[BaseException]]:
     """Dial *port* until done(sock) says so (bounded); return the socket, the dial count and the last error."""
     deadline = time.monotonic() + MAX_SECONDS
     error: Optional[BaseException] = None
@@ -108,7 +110,10 @@ def main() -> int:
             print(f"   the socket is not connected to itself: is_self_connected() = {is_self_connected(sock)}")
             sock.close()
         print(f"   right after, a server binding port {port}: {_bind_result(port)}")
-        with socket.create_server(("127.0.0.1", port)) as server, socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        with (
+            socket.create_server(("127.0.0.1", port)) as server,
+            socket.create_connection(("127.0.0.1", port), timeout=5) as client,
+        ):
             accepted, _ = server.accept()
             accepted.close()
             print(f"   with the server up, a client reaches it: {client.getsockname()[1]} -> {port}")

@@ -92,7 +92,7 @@ def add_listener(fn: Listener) -> None:
     global _listeners
     with _lock:
         if fn not in _listeners:
-            _listeners = _listeners + (fn,)
+            _listeners = (*_listeners, fn)
 
 
 def remove_listener(fn: Listener) -> None:
@@ -162,7 +162,9 @@ def _log(event: Event) -> None:
             event.detail,
         )
     elif logger.isEnabledFor(logging.DEBUG):
-        logger.debug("%s on %s (%s, attempt %d) %s", event.kind, _address(event.remote), event.api, event.attempt, event.detail)
+        logger.debug(
+            "%s on %s (%s, attempt %d) %s", event.kind, _address(event.remote), event.api, event.attempt, event.detail
+        )
 
 
 def _address(address: Optional[tuple[Any, ...]]) -> str:

@@ -19,8 +19,8 @@ from ._kernel import disconnect, read_ephemeral_range
 
 # The C-level accessors: socket.socket.family/.type build an enum on every
 # read (~1 us each), these return the plain int.
-_family = _socket.socket.family.__get__  # type: ignore[attr-defined]
-_type = _socket.socket.type.__get__  # type: ignore[attr-defined]
+_family = _socket.socket.family.__get__
+_type = _socket.socket.type.__get__
 _getsockname = _socket.socket.getsockname
 _getpeername = _socket.socket.getpeername
 _monotonic = time.monotonic
@@ -126,7 +126,7 @@ def _make_wrapper(api: str) -> Callable[..., Any]:
 def _self_connected(sock: socket.socket, port: int) -> Optional[tuple[Any, ...]]:
     """Return the local address if *sock*, just connected to *port*, is connected to itself."""
     try:
-        local = _getsockname(sock)
+        local: tuple[Any, ...] = _getsockname(sock)
     except OSError as exc:
         _events.fault("getsockname after connect", exc)
         return None
@@ -283,6 +283,8 @@ def install(**options: Any) -> bool:
         if not _config.enabled():
             return False
         for name, wrapper in _WRAPPERS.items():
+            if name in _patched and not _still_reachable(name):
+                del _patched[name]  # someone removed the chain ours was in
             if name not in _patched:
                 before = vars(socket.socket).get(name, _ABSENT)
                 _patched[name] = (wrapt.wrap_function_wrapper(socket.socket, name, wrapper), before)
@@ -296,18 +298,32 @@ def uninstall() -> None:
     with _install_lock:
         _options = None
         for name, (ours, before) in list(_patched.items()):
-            if vars(socket.socket).get(name) is not ours:
-                # Someone wrapped us; removing ours would remove theirs. Ours
-                # stays in their chain as a passthrough (_options is None) and
-                # is reused by the next install().
-                continue
-            if before is _ABSENT:
-                # connect is inherited from _socket.socket: deleting our
-                # attribute restores the original itself, not a copy of it.
-                delattr(socket.socket, name)
-            else:
-                setattr(socket.socket, name, before)
-            del _patched[name]
+            if vars(socket.socket).get(name) is ours:
+                if before is _ABSENT:
+                    # connect is inherited from _socket.socket: deleting our
+                    # attribute restores the original itself, not a copy.
+                    delattr(socket.socket, name)
+                else:
+                    setattr(socket.socket, name, before)
+                del _patched[name]
+            elif not _still_reachable(name):
+                del _patched[name]  # someone already removed it
+            # Otherwise someone wrapped ours: removing it would remove theirs
+            # too. Ours stays in their chain as a passthrough (_options is
+            # None) and the next install() reuses it.
+
+
+def _still_reachable(name: str) -> bool:
+    """Tell whether our wrapper for *name* is on socket.socket, directly or inside other wrappers."""
+    ours = _patched[name][0]
+    current = vars(socket.socket).get(name)
+    for _ in range(100):  # wrappers of wrappers; bounded in case of a cycle
+        if current is ours:
+            return True
+        current = getattr(current, "__wrapped__", None)
+        if current is None:
+            return False
+    return False
 
 
 def is_installed() -> bool:

@@ -1,4 +1,4 @@
-"""What the guard asks of the Linux kernel: the ephemeral port range, self-connect detection, and disconnecting a socket in place."""
+"""What the guard asks of Linux: the ephemeral port range, self-connect detection, in-place disconnect."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
-def read_ephemeral_range(path: str = RANGE_FILE) -> tuple[int, int]:
+def read_ephemeral_range(path: Optional[str] = None) -> tuple[int, int]:
     """Return the (low, high) ports the kernel picks source ports from.
 
     Raises OSError or ValueError when the range cannot be read (not Linux, a
     restricted /proc): the caller decides how to fail open.
     """
+    path = path or RANGE_FILE
     with open(path, "rb") as f:
         low, high = (int(field) for field in f.read().split())
     if not 0 < low <= high <= 65535:

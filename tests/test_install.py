@@ -82,8 +82,21 @@ def test_a_patch_applied_on_top_survives_uninstall(forced, free_port):
         assert 3 == selfguard.stats()["self_connects"]
     finally:
         selfguard.uninstall()
-        del socket.socket.connect  # theirs, wrapping ours
-    assert "connect" not in vars(socket.socket) or selfguard.is_installed() is False
+        del socket.socket.connect  # theirs, and ours inside it
+
+
+def test_install_patches_again_after_someone_removed_the_chain_ours_was_in(forced, free_port):
+    """If another library removes its wrapper together with ours, the next install() guards again."""
+    selfguard.install()
+    wrapt.wrap_function_wrapper(
+        socket.socket, "connect", lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs)
+    )
+    selfguard.uninstall()
+    del socket.socket.connect  # theirs, and ours inside it
+    selfguard.install()
+    port = free_port()
+    with pytest.raises(selfguard.SelfConnectError):
+        forced(port).connect(("127.0.0.1", port))
 
 
 def test_a_patch_applied_before_install_is_restored_not_deleted():

@@ -7,9 +7,9 @@ import socket
 import time
 
 import pytest
+from conftest import can_bind, close_rst
 
 import selfguard
-from conftest import can_bind, close_rst
 from selfguard._kernel import read_ephemeral_range
 from selfguard.testing import set_port_range
 
@@ -34,7 +34,9 @@ def test_connect_raises_self_connect_error_when_every_attempt_self_connects(forc
     assert 3 == caught.value.attempts
     assert str(port) in str(caught.value) and "3 attempts" in str(caught.value)
     assert selfguard.is_self_connected(sock) is False
-    assert {"self_connects": 3, "retries": 2, "gave_up": 1} == {k: selfguard.stats()[k] for k in ("self_connects", "retries", "gave_up")}
+    assert {"self_connects": 3, "retries": 2, "gave_up": 1} == {
+        k: selfguard.stats()[k] for k in ("self_connects", "retries", "gave_up")
+    }
 
 
 @pytest.mark.parametrize(("family", "host"), ADDRESS_FORMS)
@@ -115,7 +117,9 @@ def test_a_retry_reaches_a_server_that_appeared_between_attempts(forced, free_po
     assert 1 == sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     assert 1 == sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
     assert 3.5 == sock.gettimeout()
-    assert {"self_connects": 1, "retries": 1, "gave_up": 0} == {k: selfguard.stats()[k] for k in ("self_connects", "retries", "gave_up")}
+    assert {"self_connects": 1, "retries": 1, "gave_up": 0} == {
+        k: selfguard.stats()[k] for k in ("self_connects", "retries", "gave_up")
+    }
     servers[0].close()
 
 

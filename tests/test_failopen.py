@@ -1,0 +1,83 @@
+"""Fail open: when the guard's own machinery fails, connects behave as the stdlib's; the fault is counted, logged once.
+
+The faults are injected into selfguard's own functions (the libc disconnect,
+getsockname as the guard calls it, the range file); the sockets and the
+self-connects they meet stay real.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+
+import selfguard
+from selfguard import _guard, _kernel
+
+
+def _fails(*args):
+    raise OSError(errno.ENOSYS, "injected fault")
+
+
+def test_disconnect_unavailable_returns_the_connect_as_the_stdlib_would(forced, free_port, monkeypatch, caplog):
+    """Without the in-place disconnect the guard cannot retry: the self-connected socket comes back, as unguarded."""
+    monkeypatch.setattr(_guard, "disconnect", _fails)
+    selfguard.install()
+    for _ in range(2):
+        port = free_port()
+        sock = forced(port)
+        assert sock.connect(("127.0.0.1", port)) is None
+        assert selfguard.is_self_connected(sock)
+    assert 2 == selfguard.stats()["faults"]
+    assert 1 == sum("disconnecting" in r.getMessage() for r in caplog.records)
+
+
+def test_getsockname_failing_leaves_the_connect_untouched(monkeypatch, caplog):
+    """If the check itself fails, the connect's own result stands."""
+    monkeypatch.setattr(_guard, "_getsockname", _fails)
+    selfguard.install()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        for _ in range(2):
+            with socket.create_connection(srv.getsockname(), timeout=5) as client:
+                srv.accept()[0].close()
+                assert client.getpeername() == srv.getsockname()
+    assert 2 == selfguard.stats()["faults"]
+    assert 1 == sum("getsockname" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_range_checks_every_port(forced, free_port, monkeypatch, caplog):
+    """With /proc unreadable (not Linux, a sandbox) every TCP port is checked: slower, never blind."""
+    monkeypatch.setattr(_kernel, "RANGE_FILE", "/nonexistent/ip_local_port_range")
+    monkeypatch.setattr(_guard, "_low", 0)
+    monkeypatch.setattr(_guard, "_high", -1)
+    monkeypatch.setattr(_guard, "_range_read_at", float("-inf"))
+    selfguard.install()
+    port = free_port()
+    with pytest.raises(selfguard.SelfConnectError):
+        forced(port).connect(("127.0.0.1", port))
+    assert (1, 65535) == (_guard._low, _guard._high)
+    assert 1 == selfguard.stats()["faults"]
+    assert 1 == sum("ephemeral port range" in r.getMessage() for r in caplog.records)
+
+
+def test_broken_logging_never_breaks_a_connect(forced, free_port):
+    """A logging handler that raises is ignored by the guard."""
+
+    class Broken:
+        level = 0
+
+        def handle(self, record):
+            raise RuntimeError("broken handler")
+
+    logger = __import__("logging").getLogger("selfguard")
+    handler = Broken()
+    logger.addHandler(handler)  # type: ignore[arg-type]
+    try:
+        selfguard.install()
+        port = free_port()
+        with pytest.raises(selfguard.SelfConnectError):
+            forced(port).connect(("127.0.0.1", port))
+        assert 3 == selfguard.stats()["self_connects"]
+    finally:
+        logger.removeHandler(handler)  # type: ignore[arg-type]
