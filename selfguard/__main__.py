@@ -15,7 +15,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.parse_args(argv)
     from ._demo import main as demo
 
-    return demo()
+    try:
+        return demo()
+    except BrokenPipeError:
+        # `selfguard | head`: the reader went away; say nothing more.
+        sys.stdout = None
+        return 0
 
 
 if __name__ == "__main__":

@@ -117,12 +117,7 @@ def resolve(arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] =
         try:
             values[name] = parse(raw)
         except ValueError as exc:
-            warnings.warn(
-                f"Invalid value {_shorten(raw)} for {variable} environment variable: "
-                f"{exc}; using the default {field.default!r}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            _warn_once(variable, raw, str(exc), _env_text(field.default))
     return Options(**values)
 
 
@@ -135,9 +130,26 @@ def enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     try:
         return _parse_bool(raw)
     except ValueError as exc:
-        warnings.warn(
-            f"Invalid value {_shorten(raw)} for SELFGUARD environment variable: {exc}; using the default (enabled)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        _warn_once("SELFGUARD", raw, str(exc), "on")
         return True
+
+
+# (variable, value) pairs already warned about: a bad value is reported once
+# per process, however often install() runs.
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(variable: str, raw: str, problem: str, default: str) -> None:
+    if (variable, raw) in _warned:
+        return
+    _warned.add((variable, raw))
+    warnings.warn(
+        f"Invalid value {_shorten(raw)} for {variable} environment variable: {problem}; using the default {default}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _env_text(value: Any) -> str:
+    """A default as it would be written in the environment (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)

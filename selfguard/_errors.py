@@ -20,8 +20,8 @@ class SelfConnectError(ConnectionRefusedError):
         self.attempts = attempts
         super().__init__(
             errno.ECONNREFUSED,
-            f"Connection refused: nothing listens at {_format(address)}; "
-            f"the socket connected to itself on all {attempts} attempts",
+            f"Connection refused: nothing listens at {format_address(address)}; "
+            f"the socket connected to itself on {_attempts(attempts)}",
         )
 
     # OSError pickles as (errno, strerror), which would lose address and
@@ -31,7 +31,12 @@ class SelfConnectError(ConnectionRefusedError):
         return type(self), (self.address, self.attempts)
 
 
-def _format(address: Any) -> str:
+def _attempts(n: int) -> str:
+    return "its only attempt" if n == 1 else f"all {n} attempts"
+
+
+def format_address(address: Any) -> str:
+    """host:port, or [host]:port for IPv6."""
     if isinstance(address, tuple) and len(address) >= 2:
         host = str(address[0])
         return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"

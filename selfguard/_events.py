@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ._errors import format_address
+
 logger = logging.getLogger("selfguard")
 
 # Event kind -> the counter it increments.
@@ -118,11 +120,13 @@ def publish(event: Event) -> float:
         try:
             fn(event)
         except Exception as exc:
-            fault(f"listener {fn!r}", exc, event.api)
+            fault(f"listener {fn!r}", exc, event.api, "the guard carries on; each failing call counts as a fault")
     return time.monotonic() - started
 
 
-def fault(what: str, exc: BaseException, api: str = "") -> None:
+def fault(
+    what: str, exc: BaseException, api: str = "", outcome: str = "the connect proceeds as without the guard"
+) -> None:
     """Record a failure of the guard's own machinery: counted always, logged once per kind."""
     with _lock:
         _counts["faults"] += 1
@@ -131,11 +135,12 @@ def fault(what: str, exc: BaseException, api: str = "") -> None:
     if first:
         try:
             logger.warning(
-                "selfguard: %s failed (%s: %s); the connect proceeds unguarded. "
+                "selfguard: %s failed (%s: %s); %s. "
                 "Further failures of this kind are counted in stats()['faults'] but not logged.",
                 what,
                 type(exc).__name__,
                 exc,
+                outcome,
             )
         except Exception:
             pass
@@ -150,28 +155,31 @@ def _log(event: Event) -> None:
     if event.kind == "self_connect":
         logger.warning(
             "self-connect: %s connected to itself (%s, attempt %d)",
-            _address(event.local),
+            format_address(event.local),
             event.api,
             event.attempt,
         )
-    elif event.kind in ("gave_up", "relented"):
+    elif event.kind == "gave_up":
         logger.warning(
-            "%s %s: every attempt self-connected (%s)",
-            "gave up on" if event.kind == "gave_up" else "relented: returning a self-connected socket for",
-            _address(event.remote),
-            event.detail,
+            "gave up on %s after %d self-connect(s): reported as connection refused",
+            format_address(event.remote),
+            event.attempt,
+        )
+    elif event.kind == "relented":
+        logger.warning(
+            "relented: returning a socket connected to itself, %s, after %d self-connect(s)",
+            format_address(event.remote),
+            event.attempt,
         )
     elif logger.isEnabledFor(logging.DEBUG):
         logger.debug(
-            "%s on %s (%s, attempt %d) %s", event.kind, _address(event.remote), event.api, event.attempt, event.detail
+            "%s: %s (%s, attempt %d) %s",
+            event.kind,
+            format_address(event.remote),
+            event.api,
+            event.attempt,
+            event.detail,
         )
-
-
-def _address(address: Optional[tuple[Any, ...]]) -> str:
-    if not address:
-        return "?"
-    host = str(address[0])
-    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
 
 
 def _after_fork_in_child() -> None:

@@ -198,7 +198,7 @@ def _retry(
             exhausted = attempt > options.retries
             if local is not None:
                 if exhausted and options.mode == "relent":
-                    _events.publish(Event("relented", api, local, address, attempt, f"{attempt} attempts"))
+                    _events.publish(Event("relented", api, local, address, attempt))
                     return 0
                 try:
                     disconnect(sock)
@@ -207,7 +207,7 @@ def _retry(
                     _events.fault("disconnecting a self-connected socket", exc, api)
                     return 0
                 if exhausted:
-                    _events.publish(Event("gave_up", api, local, address, attempt, f"{attempt} attempts"))
+                    _events.publish(Event("gave_up", api, local, address, attempt))
                     return _fail(errno.ECONNREFUSED if api == "connect_ex" else SelfConnectError(address, attempt))
             elif exhausted:
                 return _fail(error)  # EADDRNOTAVAIL every time: report the last one as it was
@@ -274,14 +274,14 @@ def install(**options: Any) -> bool:
     Options (see the README for each, and SELFGUARD_* for the environment
     variables): mode, retries, retry_addrnotavail. Explicit arguments win over
     the environment, which wins over the defaults. Calling install() again
-    applies new options. Returns False, changing nothing, when SELFGUARD is
-    set to 0/false/off.
+    replaces the options, each resolved afresh. Returns False, changing
+    nothing, when SELFGUARD is set to 0/false/off.
     """
     global _options
     with _install_lock:
-        resolved = _config.resolve(options)
         if not _config.enabled():
-            return False
+            return False  # the operator's off switch: not even the arguments are looked at
+        resolved = _config.resolve(options)
         for name, wrapper in _WRAPPERS.items():
             if name in _patched and not _still_reachable(name):
                 del _patched[name]  # someone removed the chain ours was in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import os
 import socket
 from typing import Any, Callable, Optional
@@ -73,3 +74,10 @@ def disconnect(sock: socket.socket) -> None:
 
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    # The reset leaves ECONNRESET pending in SO_ERROR. A caller that reads
+    # SO_ERROR before connecting again (gevent does) would take it for the
+    # outcome of its next connect; reading it clears it.
+    if isinstance(sock, _socket.socket):
+        _socket.socket.getsockopt(sock, socket.SOL_SOCKET, socket.SO_ERROR)  # the C method: no wrapper sees it
+    else:
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

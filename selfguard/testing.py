@@ -11,12 +11,13 @@ IP_LOCAL_PORT_RANGE = 51
 
 
 def force_self_connect(sock: socket.socket, port: int) -> None:
-    """Make the next connect of *sock* to a local address on *port* connect to itself.
+    """Make every connect of *sock* to a local address on *port* connect to itself.
 
     Narrows this socket's ephemeral range to the single port *port*, so the
     kernel picks it as the source port: a connect to 127.0.0.1:*port* (or ::1)
-    with no listener there then self-connects every time, through the same
-    kernel path as the real bug. *port* must lie inside
+    with no listener there then self-connects every time -- retries included
+    -- through the same kernel path as the real bug, until the range is
+    cleared with set_port_range(sock, 0, 0). *port* must lie inside
     net.ipv4.ip_local_port_range. Needs Linux >= 6.3; raises OSError elsewhere.
     """
     set_port_range(sock, port, port)

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import pytest
 
 import selfguard
-from selfguard import _events
+from selfguard import _config, _events
 from selfguard._kernel import read_ephemeral_range
 from selfguard.testing import can_force_self_connect, force_self_connect
 
@@ -40,6 +40,7 @@ def clean_guard() -> Iterator[None]:
     for fn in _events._listeners:
         selfguard.remove_listener(fn)
     _events._logged_once.clear()
+    _config._warned.clear()
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 import selfguard
@@ -94,3 +96,34 @@ def test_install_reads_the_environment(monkeypatch):
     monkeypatch.setenv("SELFGUARD_RETRIES", "7")
     selfguard.install()
     assert 7 == _guard._options.retries
+
+
+def test_a_bad_environment_value_is_reported_once_per_process():
+    """However often install() runs, one bad value gives one warning."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            _config.resolve({}, {"SELFGUARD_RETRIES": "lots"})
+    assert 1 == len(record)
+
+
+def test_selfguard_off_looks_at_nothing_else(monkeypatch):
+    """With the switch off, install() neither validates arguments nor warns about other variables."""
+    monkeypatch.setenv("SELFGUARD", "off")
+    monkeypatch.setenv("SELFGUARD_RETRIES", "lots")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert selfguard.install(retries=-1) is False
+
+
+def test_install_again_resolves_every_option_afresh():
+    """Options not passed to a later install() come from the environment or the defaults again."""
+    selfguard.install(mode="relent", retries=4)
+    selfguard.install(retries=1)
+    assert _config.Options("enforce", 1, True) == _guard._options
+
+
+def test_the_bool_default_is_written_as_in_the_environment():
+    """The warning shows the default the way a user would set it."""
+    with pytest.warns(RuntimeWarning, match="using the default true"):
+        _config.resolve({}, {"SELFGUARD_RETRY_ADDRNOTAVAIL": "maybe"})

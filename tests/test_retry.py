@@ -34,6 +34,7 @@ def test_connect_raises_self_connect_error_when_every_attempt_self_connects(forc
     assert 3 == caught.value.attempts
     assert str(port) in str(caught.value) and "3 attempts" in str(caught.value)
     assert selfguard.is_self_connected(sock) is False
+    assert 0 == sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # no ECONNRESET left behind by the reset
     assert {"self_connects": 3, "retries": 2, "gave_up": 1} == {
         k: selfguard.stats()[k] for k in ("self_connects", "retries", "gave_up")
     }
