@@ -277,19 +277,24 @@ def install(**options: Any) -> bool:
     replaces the options, each resolved afresh. Returns False, changing
     nothing, when SELFGUARD is set to 0/false/off.
     """
-    global _options
     with _install_lock:
         if not _config.enabled():
             return False  # the operator's off switch: not even the arguments are looked at
-        resolved = _config.resolve(options)
+        activate(_config.resolve(options))
+        return True
+
+
+def activate(options: _config.Options) -> None:
+    """Patch socket.socket (where not yet patched) and put *options* in force."""
+    global _options
+    with _install_lock:
         for name, wrapper in _WRAPPERS.items():
             if name in _patched and not _still_reachable(name):
                 del _patched[name]  # someone removed the chain ours was in
             if name not in _patched:
                 before = vars(socket.socket).get(name, _ABSENT)
                 _patched[name] = (wrapt.wrap_function_wrapper(socket.socket, name, wrapper), before)
-        _options = resolved
-        return True
+        _options = options
 
 
 def uninstall() -> None:

@@ -1,13 +1,30 @@
-"""Helpers to provoke a real self-connect on purpose, for tests of selfguard and of your own application."""
+"""Provoke real self-connects on purpose, to test selfguard and your own application against the bug."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import threading
+from typing import Any, Callable, Iterator, Optional
+
+import wrapt
+
+from . import _guard
+from ._kernel import read_ephemeral_range
 
 # linux/in.h: IP_LOCAL_PORT_RANGE (Linux >= 6.3). Python has no constant.
 # Honoured on AF_INET6 sockets too, at level IPPROTO_IP.
 IP_LOCAL_PORT_RANGE = 51
+
+__all__ = [
+    "IP_LOCAL_PORT_RANGE",
+    "SelfConnectPlan",
+    "can_force_self_connect",
+    "force_self_connect",
+    "force_self_connects",
+    "set_port_range",
+]
 
 
 def force_self_connect(sock: socket.socket, port: int) -> None:
@@ -36,3 +53,114 @@ def can_force_self_connect() -> bool:
     except OSError:
         return False
     return True
+
+
+class SelfConnectPlan:
+    """How many connect attempts to one port are still to be forced, and how many were."""
+
+    def __init__(self, port: int, times: int) -> None:
+        self.port = port
+        self.remaining = times
+        self.forced = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.remaining <= 0:
+                return False
+            self.remaining -= 1
+            self.forced += 1
+            return True
+
+    def __repr__(self) -> str:
+        return f"SelfConnectPlan(port={self.port}, forced={self.forced}, remaining={self.remaining})"
+
+
+_plans: dict[int, SelfConnectPlan] = {}
+_plans_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def force_self_connects(port: int, times: int = 1) -> Iterator[SelfConnectPlan]:
+    """Make the next *times* TCP connect attempts to *port*, from any socket, connect to themselves.
+
+    Works on sockets that client libraries create internally (requests,
+    redis-py, asyncio, ...): each connect or connect_ex to *port* on an
+    AF_INET/AF_INET6 stream socket that nothing listens behind gets the
+    socket's port range narrowed to *port* for that one attempt
+    (IP_LOCAL_PORT_RANGE, Linux >= 6.3), so the kernel connects it to itself
+    exactly as in the real bug. Attempts are counted one by one, so with the
+    guard installed, retries consume the plan too: times=1 forces only the
+    first attempt and lets the retry through. Yields the plan, whose
+    ``forced`` attribute tells how many attempts were forced.
+    """
+    low, high = read_ephemeral_range()
+    if not low <= port <= high:
+        raise ValueError(f"port {port} is outside the ephemeral range {low}-{high}: the kernel never picks it")
+    if not can_force_self_connect():
+        raise OSError("forcing a self-connect needs IP_LOCAL_PORT_RANGE (Linux >= 6.3)")
+    plan = SelfConnectPlan(port, times)
+    with _plans_lock:
+        if port in _plans:
+            raise RuntimeError(f"self-connects to port {port} are already being forced")
+        _plans[port] = plan
+        if len(_plans) == 1:
+            _below_the_guard(_patch)
+    try:
+        yield plan
+    finally:
+        with _plans_lock:
+            del _plans[port]
+            if not _plans:
+                _below_the_guard(_unpatch)
+
+
+def _below_the_guard(change: Callable[[], None]) -> None:
+    # The forcing wrapper must sit beneath selfguard's, so each of the
+    # guard's retries passes through it and is counted as an attempt; so the
+    # guard steps aside while the wrapper goes on or comes off.
+    with _guard._install_lock:
+        options = _guard._options
+        _guard.uninstall()
+        change()
+        if options is not None:
+            _guard.activate(options)
+
+
+def _forcing(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    plan: Optional[SelfConnectPlan] = None
+    if len(args) == 1 and not kwargs and type(args[0]) is tuple and len(args[0]) >= 2:
+        plan = _plans.get(args[0][1]) if type(args[0][1]) is int else None
+    if (
+        plan is None
+        or instance.family not in (socket.AF_INET, socket.AF_INET6)
+        or instance.type != socket.SOCK_STREAM
+        or not plan.take()
+    ):
+        return wrapped(*args, **kwargs)
+    previous = instance.getsockopt(socket.IPPROTO_IP, IP_LOCAL_PORT_RANGE)
+    force_self_connect(instance, plan.port)
+    try:
+        return wrapped(*args)
+    finally:
+        # The port is picked by now (even for a connect still in progress).
+        instance.setsockopt(socket.IPPROTO_IP, IP_LOCAL_PORT_RANGE, previous)
+
+
+_FORCED = ("connect", "connect_ex")
+_patched: dict[str, Any] = {}
+
+
+def _patch() -> None:
+    for name in _FORCED:
+        if name not in _patched:
+            _patched[name] = wrapt.wrap_function_wrapper(socket.socket, name, _forcing)
+
+
+def _unpatch() -> None:
+    for name in _FORCED:
+        # Only while ours is on top; otherwise it stays, idle with no plans,
+        # and is reused by the next _patch().
+        if name in _patched and vars(socket.socket).get(name) is _patched[name]:
+            delattr(socket.socket, name)
+            del _patched[name]
