@@ -11,6 +11,8 @@ benchmark, not a test: it prints numbers and never fails on them.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import asyncio.selector_events
 import socket
 import statistics
 import struct
@@ -90,21 +92,45 @@ def udp_case(port: int) -> Callable[[int], None]:
     return run
 
 
+def asyncio_case(loop: asyncio.AbstractEventLoop, port: int) -> Callable[[int], None]:
+    """asyncio.open_connection + close, the client closing with RST (no TIME_WAIT pile-up)."""
+
+    async def cycles(n: int) -> None:
+        for _ in range(n):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            writer.transport.abort()
+
+    def run(n: int) -> None:
+        loop.run_until_complete(cycles(n))
+
+    return run
+
+
 def _passthrough(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
     return wrapped(*args, **kwargs)
 
 
-PATCHED = ("connect", "connect_ex", "bind")
+async def _async_passthrough(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    return await wrapped(*args, **kwargs)
+
+
+# The floor wraps what selfguard wraps, each with a bare passthrough.
+PATCHED = ("connect", "connect_ex", "getsockopt", "bind")
+_LOOP_CLASS = asyncio.selector_events.BaseSelectorEventLoop
+_SOCK_CONNECT = vars(_LOOP_CLASS)["sock_connect"]
 
 
 def _floor_on() -> None:
     for name in PATCHED:
         wrapt.wrap_function_wrapper(socket.socket, name, _passthrough)
+    wrapt.wrap_function_wrapper(_LOOP_CLASS, "sock_connect", _async_passthrough)
 
 
 def _floor_off() -> None:
     for name in PATCHED:
         delattr(socket.socket, name)
+    _LOOP_CLASS.sock_connect = _SOCK_CONNECT
 
 
 VARIANTS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
@@ -159,13 +185,21 @@ def main() -> None:
     inside = _listener(0)  # the kernel gives a listener on port 0 an ephemeral port
     outside = _listener(_free_port(max(1024, low - 2000), low - 1))
     closed_port = _free_port(low + (high - low) // 2, high)
+    loop = asyncio.new_event_loop()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    async_server = loop.run_until_complete(asyncio.start_server(serve, "127.0.0.1", 0))
+    async_port = async_server.sockets[0].getsockname()[1]
     cases = {
         f"connect+accept, port outside range ({outside.getsockname()[1]})": cycle_case(outside),
         f"connect+accept, port inside range ({inside.getsockname()[1]})": cycle_case(inside),
         f"refused connect, port inside range ({closed_port})": refused_case(closed_port),
         f"UDP socket+connect+close, in range ({closed_port})": udp_case(closed_port),
+        f"asyncio open_connection, inside range ({async_port})": asyncio_case(loop, async_port),
     }
-    base_iterations = [1500, 1500, 3000, 6000]
+    base_iterations = [1500, 1500, 3000, 6000, 500]
     iterations = {c: max(1, int(n * args.scale)) for c, n in zip(cases, base_iterations)}
     print(
         f"Python {sys.version.split()[0]}, wrapt {wrapt.__version__}, selfguard {selfguard.__version__}, "

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Callable, Optional
 
-from . import _events, _guard
+from . import _events, _install
 from ._errors import SelfConnectError
 from ._kernel import is_self_connected, read_ephemeral_range
 from .testing import can_force_self_connect, force_self_connect
@@ -99,7 +99,7 @@ def main() -> int:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("   [log] %(message)s"))
     _events.logger.addHandler(handler)
-    _guard.install()
+    _install.install()
     try:
         sock, dials, error = _until(port, forced, lambda s: _events.stats()["self_connects"] > 0)
         if isinstance(error, SelfConnectError):
@@ -119,6 +119,6 @@ def main() -> int:
             print(f"   with the server up, a client reaches it: {client.getsockname()[1]} -> {port}")
         print(f"\ncounters: {_events.stats()}")
     finally:
-        _guard.uninstall()
+        _install.uninstall()
         _events.logger.removeHandler(handler)
     return 0

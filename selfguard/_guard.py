@@ -1,16 +1,14 @@
-"""The connect wrappers, the retry loop, and install()/uninstall()."""
+"""The connect wrappers and the retry loop: where every TCP connect of the process is checked."""
 
 from __future__ import annotations
 
 import _socket
+import contextvars
 import errno
 import socket
-import threading
 import time
 import weakref
 from typing import Any, Callable, Optional, Union
-
-import wrapt
 
 from . import _config, _events
 from ._errors import SelfConnectError
@@ -18,15 +16,18 @@ from ._events import Event
 from ._kernel import disconnect, read_ephemeral_range
 
 # The C-level accessors: socket.socket.family/.type build an enum on every
-# read (~1 us each), these return the plain int.
+# read (~1 us each), these return the plain int. They raise TypeError for
+# socket classes that do not derive from _socket.socket (gevent's).
 _family = _socket.socket.family.__get__
 _type = _socket.socket.type.__get__
+_timeout = _socket.socket.timeout.__get__
 _getsockname = _socket.socket.getsockname
 _getpeername = _socket.socket.getpeername
 _monotonic = time.monotonic
 _SOCK_STREAM = int(socket.SOCK_STREAM)
 _INET_FAMILIES = (int(socket.AF_INET), int(socket.AF_INET6))
 _EADDRNOTAVAIL = errno.EADDRNOTAVAIL
+_SO_ERROR = (socket.SOL_SOCKET, socket.SO_ERROR)
 
 # The options in force; None while the guard is not installed. The wrappers
 # read it on every call, so uninstall() takes effect even where a wrapper
@@ -45,7 +46,11 @@ _range_read_at = float("-inf")
 # a connect to it from itself is deliberate and left alone. Finding this out
 # at connect time would cost a getsockname() on every connect; remembering
 # the bind costs nothing on connects.
-_user_bound: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+_user_bound: weakref.WeakSet[Any] = weakref.WeakSet()
+
+# Set while a layer above (asyncio's sock_connect) checks the connects it
+# makes itself, knowing the address it dialled: the SO_ERROR check stands back.
+delegated: contextvars.ContextVar[bool] = contextvars.ContextVar("selfguard_delegated", default=False)
 
 
 def _in_refreshed_range(port: int) -> bool:
@@ -71,25 +76,40 @@ def _in_refreshed_range(port: int) -> bool:
     return _low <= port <= _high
 
 
-def _make_wrapper(api: str) -> Callable[..., Any]:
+def make_connect_wrapper(api: str) -> Callable[..., Any]:
     """Build the wrapper for socket.socket.connect or .connect_ex.
 
     It runs on every connect of the process, so it is written for speed: it
     rejects UDP and unusual calls first, reads only what is already in memory
     before the real call (the user's arguments are left for the stdlib to
     validate, with its own errors), makes the first attempt inline and leaves
-    everything rare -- a self-connect, EADDRNOTAVAIL -- to _retry().
+    everything rare -- a self-connect, EADDRNOTAVAIL, a non-blocking connect
+    -- to other functions.
     """
     returns_code = api == "connect_ex"
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if _options is None or _type(instance) != _SOCK_STREAM or kwargs or len(args) != 1:
+        try:
+            kind = _type(instance)
+        except TypeError:  # a socket class not derived from _socket.socket (gevent's)
+            kind = instance.type
+        if _options is None or kind != _SOCK_STREAM or kwargs or len(args) != 1:
             return wrapped(*args, **kwargs)
         address = args[0]
         if type(address) is not tuple or len(address) < 2 or type(address[1]) is not int:
             return wrapped(address)
         port = address[1]
         if not _low <= port <= _high and not _in_refreshed_range(port):
+            return wrapped(address)
+        try:
+            timeout = _timeout(instance)
+        except TypeError:
+            timeout = instance.gettimeout()
+        if timeout == 0.0:
+            # Non-blocking: on Linux the connect returns EINPROGRESS and its
+            # outcome is read later from SO_ERROR, where getsockopt_wrapper
+            # checks it. Passing straight through spares the EINPROGRESS
+            # exception a catch and re-raise (~0.4 us inside asyncio).
             return wrapped(address)
 
         local = None
@@ -99,14 +119,14 @@ def _make_wrapper(api: str) -> Callable[..., Any]:
                 local = _self_connected(instance, port)
                 if local is None:
                     return 0
-            elif code != _EADDRNOTAVAIL or _family(instance) not in _INET_FAMILIES:
+            elif code != _EADDRNOTAVAIL:
                 return code
             return _retry(wrapped, instance, address, port, api, local, code)
 
         try:
             wrapped(address)
         except OSError as exc:
-            if exc.errno != _EADDRNOTAVAIL or _family(instance) not in _INET_FAMILIES:
+            if exc.errno != _EADDRNOTAVAIL:
                 raise
             error: Union[int, OSError] = exc
         else:
@@ -123,10 +143,24 @@ def _make_wrapper(api: str) -> Callable[..., Any]:
     return wrapper
 
 
-def _self_connected(sock: socket.socket, port: int) -> Optional[tuple[Any, ...]]:
+def _names(sock: Any) -> tuple[Any, Any]:
+    """getsockname() and getpeername() of *sock*, through the C methods where possible."""
+    if isinstance(sock, _socket.socket):
+        return _getsockname(sock), _getpeername(sock)
+    return sock.getsockname(), sock.getpeername()
+
+
+def _inet(sock: Any) -> bool:
+    try:
+        return _family(sock) in _INET_FAMILIES
+    except TypeError:
+        return int(sock.family) in _INET_FAMILIES
+
+
+def _self_connected(sock: Any, port: int) -> Optional[tuple[Any, ...]]:
     """Return the local address if *sock*, just connected to *port*, is connected to itself."""
     try:
-        local: tuple[Any, ...] = _getsockname(sock)
+        local: tuple[Any, ...] = _getsockname(sock) if isinstance(sock, _socket.socket) else sock.getsockname()
     except OSError as exc:
         _events.fault("getsockname after connect", exc)
         return None
@@ -135,10 +169,10 @@ def _self_connected(sock: socket.socket, port: int) -> Optional[tuple[Any, ...]]
     # same port for our end this cannot be a self-connect: one syscall, not two.
     # The family is checked only then: AF_VSOCK, AF_TIPC and Bluetooth stream
     # sockets also take (x, int) addresses, but they are rare and not at risk.
-    if local[1] != port or _family(sock) not in _INET_FAMILIES:
+    if local[1] != port or not _inet(sock):
         return None
     try:
-        peer = _getpeername(sock)
+        _, peer = _names(sock)
     except OSError:
         return None  # ENOTCONN: the connection is already gone; not a self-connect
     if local[:2] != peer[:2] or sock in _user_bound:
@@ -157,9 +191,13 @@ def _attempt(wrapped: Callable[..., Any], address: Any, api: str) -> Union[int, 
     return 0
 
 
+def _errno(error: Union[int, OSError]) -> Optional[int]:
+    return error if isinstance(error, int) else error.errno
+
+
 def _retry(
     wrapped: Callable[..., Any],
-    sock: socket.socket,
+    sock: Any,
     address: tuple[Any, ...],
     port: int,
     api: str,
@@ -183,34 +221,23 @@ def _retry(
     try:
         while True:
             if local is not None:
-                started += _events.publish(Event("self_connect", api, local, address, attempt))
-                if options.mode == "observe":
+                decided_at = _monotonic()
+                retry = resolve_self_connect(sock, local, address, api, attempt, options)
+                started += _monotonic() - decided_at  # listeners' time is not the connect's
+                if retry is None:
+                    return _fail(errno.ECONNREFUSED if api == "connect_ex" else SelfConnectError(address, attempt))
+                if not retry:
                     return 0
                 reason = "self-connect"
-            elif (error if isinstance(error, int) else error.errno) == _EADDRNOTAVAIL:
+            elif _errno(error) == _EADDRNOTAVAIL and _inet(sock):
                 if not options.retry_addrnotavail or sock in _user_bound:
                     return _fail(error)
                 started += _events.publish(Event("addrnotavail", api, None, address, attempt))
+                if attempt > options.retries:
+                    return _fail(error)  # EADDRNOTAVAIL every time: report the last one as it was
                 reason = "EADDRNOTAVAIL"
             else:
                 return _fail(error)
-
-            exhausted = attempt > options.retries
-            if local is not None:
-                if exhausted and options.mode == "relent":
-                    _events.publish(Event("relented", api, local, address, attempt))
-                    return 0
-                try:
-                    disconnect(sock)
-                except OSError as exc:
-                    # Fail open: the socket stays connected, as without the guard.
-                    _events.fault("disconnecting a self-connected socket", exc, api)
-                    return 0
-                if exhausted:
-                    _events.publish(Event("gave_up", api, local, address, attempt))
-                    return _fail(errno.ECONNREFUSED if api == "connect_ex" else SelfConnectError(address, attempt))
-            elif exhausted:
-                return _fail(error)  # EADDRNOTAVAIL every time: report the last one as it was
 
             if original_timeout is _NOT_CHANGED:
                 original_timeout = sock.gettimeout()
@@ -234,6 +261,35 @@ def _retry(
                 pass  # closed by another thread meanwhile; nothing left to restore
 
 
+def resolve_self_connect(
+    sock: Any, local: tuple[Any, ...], address: Any, api: str, attempt: int, options: _config.Options
+) -> Optional[bool]:
+    """Report a self-connect and decide what follows; every path that meets one comes here.
+
+    Returns True when the socket was reset in place and should be connected
+    again; False when the connection is to be handed back as it is (observe,
+    relent once the retries are spent, or the reset failed: fail open); None
+    when the retries are spent and the socket was reset: the caller reports
+    ECONNREFUSED (SelfConnectError), the truth that nothing listens there.
+    """
+    _events.publish(Event("self_connect", api, local, address, attempt))
+    if options.mode == "observe":
+        return False
+    exhausted = attempt > options.retries
+    if exhausted and options.mode == "relent":
+        _events.publish(Event("relented", api, local, address, attempt))
+        return False
+    try:
+        disconnect(sock)
+    except OSError as exc:
+        _events.fault("disconnecting a self-connected socket", exc, api)
+        return False
+    if exhausted:
+        _events.publish(Event("gave_up", api, local, address, attempt))
+        return None
+    return True
+
+
 def _fail(error: Union[int, BaseException]) -> int:
     """Raise *error* if it is an exception, else return it as connect_ex's errno."""
     if isinstance(error, BaseException):
@@ -244,9 +300,49 @@ def _fail(error: Union[int, BaseException]) -> int:
 _NOT_CHANGED: Any = object()
 
 
-def _bind_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def getsockopt_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Check a non-blocking connect when its caller reads SO_ERROR, as asyncio, trio, Tornado and Twisted do.
+
+    SO_ERROR == 0 once the socket is writable is how those event loops learn
+    that a connect succeeded; for a self-connected socket that would be a lie.
+    The truth is that nothing listens there, so the guard resets the socket
+    (RST: the port is free at once) and reports ECONNREFUSED instead. Every
+    other getsockopt() costs a tuple comparison on top of the wrapt call.
+    """
+    if args != _SO_ERROR or kwargs or _options is None:
+        return wrapped(*args, **kwargs)
+    err = wrapped(*args)
+    if err or delegated.get():
+        return err
+    try:
+        if _type(instance) != _SOCK_STREAM or _family(instance) not in _INET_FAMILIES:
+            return err
+    except TypeError:  # gevent's class: its connects are blocking-style, checked in connect()
+        return err
+    try:
+        local = _getsockname(instance)
+        # A kernel-picked port always lies in the ephemeral range; any other
+        # port was bound by someone on purpose, and is not ours to judge.
+        if not _low <= local[1] <= _high:
+            return err
+        peer = _getpeername(instance)
+    except OSError:
+        return err  # ENOTCONN: still in progress (SO_ERROR is read again later), or gone
+    next(_events.checked)
+    if local[:2] != peer[:2] or instance in _user_bound:
+        return err
+    # Nobody above can retry: the first attempt is also the last.
+    options = _options
+    if resolve_self_connect(instance, local, local, "getsockopt(SO_ERROR)", options.retries + 1, options) is False:
+        return 0
+    return errno.ECONNREFUSED
+
+
+def bind_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Remember sockets bound to an explicit port (after the stdlib accepted the address)."""
     result = wrapped(*args, **kwargs)
-    # Only reached when the stdlib accepted the address.
     if args:
         address = args[0]
         if type(address) is tuple and len(address) >= 2 and type(address[1]) is int and address[1] != 0:
@@ -255,82 +351,3 @@ def _bind_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
             except TypeError:
                 pass  # a socket class without weakref support: cannot remember it
     return result
-
-
-_WRAPPERS: dict[str, Callable[..., Any]] = {
-    "connect": _make_wrapper("connect"),
-    "connect_ex": _make_wrapper("connect_ex"),
-    "bind": _bind_wrapper,
-}
-_install_lock = threading.RLock()
-# name -> (the FunctionWrapper we put on socket.socket, what vars() held before)
-_patched: dict[str, tuple[Any, Any]] = {}
-_ABSENT: Any = object()
-
-
-def install(**options: Any) -> bool:
-    """Guard every TCP connect of this process against self-connection.
-
-    Options (see the README for each, and SELFGUARD_* for the environment
-    variables): mode, retries, retry_addrnotavail. Explicit arguments win over
-    the environment, which wins over the defaults. Calling install() again
-    replaces the options, each resolved afresh. Returns False, changing
-    nothing, when SELFGUARD is set to 0/false/off.
-    """
-    with _install_lock:
-        if not _config.enabled():
-            return False  # the operator's off switch: not even the arguments are looked at
-        activate(_config.resolve(options))
-        return True
-
-
-def activate(options: _config.Options) -> None:
-    """Patch socket.socket (where not yet patched) and put *options* in force."""
-    global _options
-    with _install_lock:
-        for name, wrapper in _WRAPPERS.items():
-            if name in _patched and not _still_reachable(name):
-                del _patched[name]  # someone removed the chain ours was in
-            if name not in _patched:
-                before = vars(socket.socket).get(name, _ABSENT)
-                _patched[name] = (wrapt.wrap_function_wrapper(socket.socket, name, wrapper), before)
-        _options = options
-
-
-def uninstall() -> None:
-    """Restore socket.socket exactly as it was; a patch someone applied on top survives."""
-    global _options
-    with _install_lock:
-        _options = None
-        for name, (ours, before) in list(_patched.items()):
-            if vars(socket.socket).get(name) is ours:
-                if before is _ABSENT:
-                    # connect is inherited from _socket.socket: deleting our
-                    # attribute restores the original itself, not a copy.
-                    delattr(socket.socket, name)
-                else:
-                    setattr(socket.socket, name, before)
-                del _patched[name]
-            elif not _still_reachable(name):
-                del _patched[name]  # someone already removed it
-            # Otherwise someone wrapped ours: removing it would remove theirs
-            # too. Ours stays in their chain as a passthrough (_options is
-            # None) and the next install() reuses it.
-
-
-def _still_reachable(name: str) -> bool:
-    """Tell whether our wrapper for *name* is on socket.socket, directly or inside other wrappers."""
-    ours = _patched[name][0]
-    current = vars(socket.socket).get(name)
-    for _ in range(100):  # wrappers of wrappers; bounded in case of a cycle
-        if current is ours:
-            return True
-        current = getattr(current, "__wrapped__", None)
-        if current is None:
-            return False
-    return False
-
-
-def is_installed() -> bool:
-    """Tell whether the guard is active in this process."""
-    return _options is not None

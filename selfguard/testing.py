@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import wrapt
 
-from . import _guard
+from . import _guard, _install
 from ._kernel import read_ephemeral_range
 
 # linux/in.h: IP_LOCAL_PORT_RANGE (Linux >= 6.3). Python has no constant.
@@ -119,12 +119,12 @@ def _below_the_guard(change: Callable[[], None]) -> None:
     # The forcing wrapper must sit beneath selfguard's, so each of the
     # guard's retries passes through it and is counted as an attempt; so the
     # guard steps aside while the wrapper goes on or comes off.
-    with _guard._install_lock:
+    with _install.lock:
         options = _guard._options
-        _guard.uninstall()
+        _install.uninstall()
         change()
         if options is not None:
-            _guard.activate(options)
+            _install.activate(options)
 
 
 def _forcing(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -97,7 +97,7 @@ def close_rst(sock: socket.socket) -> None:
 
 def can_bind(port: int, host: str = "127.0.0.1") -> bool:
     """Tell whether a server that does not set SO_REUSEADDR could bind *port* now."""
-    srv = socket.socket()
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         srv.bind((host, port))
     except OSError:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import require
-
 from selfguard.testing import can_force_self_connect
+
+from conftest import require
 
 
 def test_python_m_selfguard_shows_the_bug_and_the_guard():

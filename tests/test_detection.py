@@ -5,9 +5,10 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import close_rst
 
 import selfguard
+
+from conftest import close_rst
 
 ADDRESS_FORMS = [
     (socket.AF_INET, "127.0.0.1"),

@@ -11,7 +11,7 @@ import wrapt
 
 import selfguard
 
-PATCHED = ("connect", "connect_ex", "bind")
+PATCHED = ("connect", "connect_ex", "getsockopt", "bind")
 
 
 def test_install_patches_and_uninstall_restores_the_originals_exactly():

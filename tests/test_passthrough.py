@@ -8,9 +8,10 @@ import tempfile
 from typing import Any, Callable
 
 import pytest
-from conftest import close_rst
 
 import selfguard
+
+from conftest import close_rst
 
 
 def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:

@@ -7,11 +7,12 @@ import socket
 import time
 
 import pytest
-from conftest import can_bind, close_rst
 
 import selfguard
 from selfguard._kernel import read_ephemeral_range
 from selfguard.testing import set_port_range
+
+from conftest import can_bind, close_rst
 
 ADDRESS_FORMS = [
     (socket.AF_INET, "127.0.0.1"),

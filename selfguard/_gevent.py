@@ -1,0 +1,23 @@
+"""gevent: guard the socket class gevent's monkey-patching puts in place, whichever came first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _guard, _install
+
+
+def did_patch_module(event: Any) -> None:
+    """gevent plugin (entry point gevent.plugins.monkey.did_patch_module).
+
+    gevent calls it after each module it monkey-patches. When socket was
+    patched while the guard is installed, socket.socket is now gevent's own
+    class, which the guard has not seen: patch it too. With the guard
+    installed after the monkey-patching, install() finds gevent's class by
+    itself and this does nothing.
+    """
+    if getattr(event, "module_name", None) != "socket":
+        return
+    with _install.lock:
+        if _guard._options is not None:
+            _install.activate(_guard._options)

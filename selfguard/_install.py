@@ -1,0 +1,100 @@
+"""install() and uninstall(): putting the wrappers on socket.socket and taking them off exactly."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any, Callable
+
+import wrapt
+
+from . import _config, _guard
+
+_WRAPPERS: dict[str, Callable[..., Any]] = {
+    "connect": _guard.make_connect_wrapper("connect"),
+    "connect_ex": _guard.make_connect_wrapper("connect_ex"),
+    "getsockopt": _guard.getsockopt_wrapper,
+    "bind": _guard.bind_wrapper,
+}
+lock = threading.RLock()
+# (class, name) -> (the FunctionWrapper we put there, what vars() held before).
+# Usually one class, socket.socket; two once gevent's monkey-patching has
+# replaced socket.socket with its own class after install().
+_patched: dict[tuple[type, str], tuple[Any, Any]] = {}
+_ABSENT: Any = object()
+
+
+def install(**options: Any) -> bool:
+    """Guard every TCP connect of this process against self-connection.
+
+    Options (see the README for each, and SELFGUARD_* for the environment
+    variables): mode, retries, retry_addrnotavail. Explicit arguments win over
+    the environment, which wins over the defaults. Calling install() again
+    replaces the options, each resolved afresh. Returns False, changing
+    nothing, when SELFGUARD is set to 0/false/off.
+    """
+    with lock:
+        if not _config.enabled():
+            return False  # the operator's off switch: not even the arguments are looked at
+        activate(_config.resolve(options))
+        return True
+
+
+def activate(options: _config.Options) -> None:
+    """Patch the current socket.socket class (where not yet patched) and put *options* in force."""
+    with lock:
+        cls = socket.socket
+        for name, wrapper in _WRAPPERS.items():
+            key = (cls, name)
+            if key in _patched and not _reachable(key):
+                del _patched[key]  # someone removed the chain ours was in
+            if key not in _patched:
+                before = vars(cls).get(name, _ABSENT)
+                _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), before)
+        _guard._options = options
+        from . import _asyncio  # after the options: its patch reads them
+
+        _asyncio.watch()
+
+
+def uninstall() -> None:
+    """Restore socket.socket exactly as it was; a patch someone applied on top survives."""
+    with lock:
+        _guard._options = None
+        from . import _asyncio
+
+        _asyncio.unpatch()
+        for key, (ours, before) in list(_patched.items()):
+            cls, name = key
+            if vars(cls).get(name) is ours:
+                if before is _ABSENT:
+                    # connect is inherited from _socket.socket: deleting our
+                    # attribute restores the original itself, not a copy.
+                    delattr(cls, name)
+                else:
+                    setattr(cls, name, before)
+                del _patched[key]
+            elif not _reachable(key):
+                del _patched[key]  # someone already removed it
+            # Otherwise someone wrapped ours: removing it would remove theirs
+            # too. Ours stays in their chain as a passthrough (_options is
+            # None) and the next install() reuses it.
+
+
+def _reachable(key: tuple[type, str]) -> bool:
+    """Tell whether our wrapper is still on its class, directly or inside other wrappers."""
+    cls, name = key
+    ours = _patched[key][0]
+    current = vars(cls).get(name)
+    for _ in range(100):  # wrappers of wrappers; bounded in case of a cycle
+        if current is ours:
+            return True
+        current = getattr(current, "__wrapped__", None)
+        if current is None:
+            return False
+    return False
+
+
+def is_installed() -> bool:
+    """Tell whether the guard is active in this process."""
+    return _guard._options is not None

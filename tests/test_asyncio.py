@@ -1,0 +1,206 @@
+"""asyncio's selector loop: sock_connect, create_connection and open_connection retry self-connects."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+
+import selfguard
+from selfguard.testing import can_force_self_connect, force_self_connects
+
+from conftest import require
+
+
+@pytest.fixture(autouse=True)
+def _needs_forcing():
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_sock_connect_retries_and_gives_up_with_self_connect_error(free_port):
+    """Every attempt forced: SelfConnectError after 1 + retries attempts, events naming the API."""
+    selfguard.install()
+    port = free_port()
+    events = []
+    selfguard.add_listener(events.append)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            with force_self_connects(port, times=3), pytest.raises(selfguard.SelfConnectError) as caught:
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+            assert 3 == caught.value.attempts
+            assert not selfguard.is_self_connected(sock)
+
+    run(main())
+    assert ["self_connect", "retry", "self_connect", "retry", "self_connect", "gave_up"] == [e.kind for e in events]
+    assert {"loop.sock_connect"} == {e.api for e in events}
+
+
+def test_a_retry_reaches_the_server_that_came_back(free_port):
+    """open_connection: the first attempt self-connects, the server is up for the retry, the stream works."""
+    selfguard.install()
+    port = free_port()
+    servers = []
+
+    def server_comes_back(event):
+        if event.kind == "retry":
+            servers.append(socket.create_server(("127.0.0.1", port)))  # binds at once: no TIME_WAIT
+
+    selfguard.add_listener(server_comes_back)
+
+    async def main():
+        with force_self_connects(port, times=1):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn, _ = servers[0].accept()
+        writer.write(b"PING")
+        await writer.drain()
+        assert b"PING" == conn.recv(4)  # the server got it, not the client itself
+        conn.sendall(b"PONG")
+        assert b"PONG" == await reader.readexactly(4)
+        conn.close()
+        writer.close()
+
+    run(main())
+    servers[0].close()
+    assert {"self_connects": 1, "retries": 1, "gave_up": 0} == {
+        k: selfguard.stats()[k] for k in ("self_connects", "retries", "gave_up")
+    }
+
+
+def test_no_self_connected_transport_reaches_a_protocol(free_port):
+    """create_connection fails instead of handing a protocol a connection to itself."""
+    selfguard.install()
+    port = free_port()
+    made = []
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with force_self_connects(port, times=3), pytest.raises(ConnectionRefusedError):
+            await loop.create_connection(Protocol, "127.0.0.1", port)
+
+    run(main())
+    assert [] == made
+
+
+def test_without_the_guard_a_protocol_gets_a_connection_to_itself(free_port):
+    """The control: unguarded, the stream reads its own request back."""
+    port = free_port()
+
+    async def main():
+        with force_self_connects(port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        assert b"GET / HTTP/1.0\r\n\r\n" == await reader.readexactly(18)
+        writer.transport.abort()
+
+    run(main())
+
+
+def test_ssl_connections_are_retried_before_the_handshake(free_port):
+    """open_connection(ssl=...): the retry reaches a TLS server that came back and the handshake succeeds."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    selfguard.install()
+    port = free_port()
+
+    async def main():
+        async def echo(reader, writer):
+            writer.write(await reader.readexactly(4))
+            await writer.drain()
+            writer.close()
+
+        started = []
+
+        def server_comes_back(event):
+            if event.kind == "retry":
+                sock = socket.create_server(("127.0.0.1", port))
+                started.append(asyncio.ensure_future(asyncio.start_server(echo, sock=sock, ssl=server_ctx)))
+
+        selfguard.add_listener(server_comes_back)
+        with force_self_connects(port, times=1):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+            )
+        writer.write(b"PING")
+        assert b"PING" == await reader.readexactly(4)
+        writer.close()
+        server = await started[0]
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+    assert 1 == selfguard.stats()["retries"]
+
+
+@pytest.mark.parametrize("interleave", [None, 1])
+def test_happy_eyeballs_attempts_are_guarded(free_port, interleave):
+    """With happy_eyeballs_delay the staggered attempts go through the same guard."""
+    selfguard.install()
+    port = free_port()
+
+    async def main():
+        with force_self_connects(port, times=3), pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port, happy_eyeballs_delay=0.05, interleave=interleave)
+
+    run(main())
+    assert {"self_connects": 3, "gave_up": 1} == {k: selfguard.stats()[k] for k in ("self_connects", "gave_up")}
+
+
+def test_relent_hands_back_the_self_connected_socket_after_the_retries(free_port):
+    """mode="relent": like Go, after the retries the last self-connected socket is returned."""
+    selfguard.install(mode="relent")
+    port = free_port()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            with force_self_connects(port, times=3):
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+            assert selfguard.is_self_connected(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+
+    run(main())
+    assert {"self_connects": 3, "retries": 2, "relented": 1} == {
+        k: selfguard.stats()[k] for k in ("self_connects", "retries", "relented")
+    }
+
+
+def test_asyncio_imported_after_install_is_patched(tmp_path):
+    """install() does not import asyncio itself, yet patches it once the program imports it.
+
+    (wrapt 2 imports asyncio on its own; with wrapt 1.x the patch is deferred.)
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, wrapt\n"
+        "before = 'asyncio' in sys.modules\n"
+        "import selfguard\n"
+        "selfguard.install()\n"
+        "assert before == ('asyncio' in sys.modules), 'install() imported asyncio'\n"
+        "import asyncio.selector_events as se\n"
+        "assert type(vars(se.BaseSelectorEventLoop)['sock_connect']).__name__ == 'FunctionWrapper'\n"
+        "selfguard.uninstall()\n"
+        "assert type(vars(se.BaseSelectorEventLoop)['sock_connect']).__name__ == 'function'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "ok\n" == done.stdout, done.stderr

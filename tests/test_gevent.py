@@ -1,0 +1,60 @@
+"""gevent: guarded whether selfguard is installed after gevent's monkey-patching or before it.
+
+Each case runs in its own interpreter: monkey-patching cannot be undone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from selfguard.testing import can_force_self_connect
+
+from conftest import require
+
+SCENARIO = r"""
+import json, socket, sys
+import selfguard
+from selfguard.testing import force_self_connect
+
+def reconnect(port, forced):
+    sock = socket.socket()
+    sock.settimeout(5)
+    if forced:
+        force_self_connect(sock, port)  # this socket only: every attempt self-connects
+    try:
+        sock.connect(("127.0.0.1", port))
+    except ConnectionRefusedError as exc:
+        return type(exc).__name__
+    finally:
+        self_connected = selfguard.is_self_connected(sock)
+        sock.close()
+    return "self-connected" if self_connected else "connected"
+
+port = int(sys.argv[1])
+outcomes = [reconnect(port, forced=True), reconnect(port, forced=False)]
+print(json.dumps({"class": socket.socket.__module__, "outcomes": outcomes, "stats": selfguard.stats()}))
+"""
+
+PATCH_ALL = "from gevent import monkey; monkey.patch_all()\n"
+INSTALL = "import selfguard; selfguard.install()\n"
+ORDERS = {"install after patch_all": PATCH_ALL + INSTALL, "install before patch_all": INSTALL + PATCH_ALL}
+
+
+@pytest.mark.parametrize("order", sorted(ORDERS))
+def test_gevent_sockets_are_guarded(order, free_port):
+    """A gevent socket's reconnects meet forced self-connects and only ever see refusals."""
+    pytest.importorskip("gevent")
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    code = ORDERS[order] + SCENARIO
+    done = subprocess.run([sys.executable, "-c", code, str(free_port())], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["class"].startswith("gevent")
+    assert ["SelfConnectError", "ConnectionRefusedError"] == report["outcomes"]
+    assert {"self_connects": 3, "gave_up": 1, "retries": 2} == {
+        k: report["stats"][k] for k in ("self_connects", "gave_up", "retries")
+    }

@@ -1,0 +1,130 @@
+"""Non-blocking connects completed as Tornado, Twisted and trio complete them: the truth, never a self-connection."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+
+import pytest
+
+import selfguard
+from selfguard.testing import can_force_self_connect, force_self_connects
+
+from conftest import can_bind, close_rst, require
+
+
+@pytest.fixture(autouse=True)
+def _needs_forcing():
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+
+
+def complete_like_an_event_loop(sock: socket.socket, address) -> int:
+    """connect_ex, wait until writable, read SO_ERROR: what every selector-based loop does."""
+    code = sock.connect_ex(address)
+    if code != errno.EINPROGRESS:
+        return code
+    _, writable, _ = select.select([], [sock], [], 5)
+    assert writable, "the connect never completed"
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+@pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_a_completed_self_connect_is_reported_as_refused(free_port, family, host):
+    """SO_ERROR reads ECONNREFUSED instead of 0, the socket is reset and the port is free."""
+    selfguard.install()
+    port = free_port()
+    sock = socket.socket(family)
+    sock.setblocking(False)
+    try:
+        with force_self_connects(port):
+            assert errno.ECONNREFUSED == complete_like_an_event_loop(sock, (host, port))
+        assert not selfguard.is_self_connected(sock)
+        assert can_bind(port, host)
+    finally:
+        close_rst(sock)
+    assert {"self_connects": 1, "gave_up": 1, "retries": 0} == {
+        k: selfguard.stats()[k] for k in ("self_connects", "gave_up", "retries")
+    }
+
+
+def test_without_the_guard_the_loop_is_told_it_connected(free_port):
+    """The control: unguarded, SO_ERROR says 0 and the socket is connected to itself."""
+    port = free_port()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        with force_self_connects(port):
+            assert 0 == complete_like_an_event_loop(sock, ("127.0.0.1", port))
+        assert selfguard.is_self_connected(sock)
+    finally:
+        close_rst(sock)
+
+
+def test_a_real_connection_completes_untouched():
+    """A non-blocking connect to a real server completes with SO_ERROR 0 and is checked once."""
+    selfguard.install()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            assert 0 == complete_like_an_event_loop(sock, srv.getsockname())
+            assert srv.getsockname() == sock.getpeername()
+        finally:
+            sock.close()
+    assert {"checked": 1, "self_connects": 0} == {k: selfguard.stats()[k] for k in ("checked", "self_connects")}
+
+
+def test_reading_so_error_before_completion_keeps_watching(free_port):
+    """SO_ERROR read while the connect is still in flight does not end the check."""
+    selfguard.install()
+    port = free_port()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        with force_self_connects(port):
+            assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
+            # On loopback the handshake is usually done already; either way the
+            # final read must report the truth.
+            select.select([], [sock], [], 5)
+            assert errno.ECONNREFUSED == sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    finally:
+        close_rst(sock)
+
+
+def test_observe_mode_reports_success_and_counts(free_port):
+    """mode="observe" lets the self-connect through, counted."""
+    selfguard.install(mode="observe")
+    port = free_port()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        with force_self_connects(port):
+            assert 0 == complete_like_an_event_loop(sock, ("127.0.0.1", port))
+        assert selfguard.is_self_connected(sock)
+        assert 1 == selfguard.stats()["self_connects"]
+    finally:
+        close_rst(sock)
+
+
+def test_trio_sockets_get_the_truth(free_port):
+    """trio.socket connects are guarded: ConnectionRefusedError, never a self-connected socket."""
+    trio = pytest.importorskip("trio")
+    selfguard.install()
+    port = free_port()
+
+    async def main():
+        sock = trio.socket.socket()
+        with sock, force_self_connects(port), pytest.raises(ConnectionRefusedError):
+            await sock.connect(("127.0.0.1", port))
+        # The server comes back: the port is free, and trio reaches it.
+        with socket.create_server(("127.0.0.1", port)) as srv:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            conn, _ = srv.accept()
+            await stream.send_all(b"PING")
+            assert b"PING" == conn.recv(4)
+            conn.close()
+            await stream.aclose()
+
+    trio.run(main)
+    assert 1 == selfguard.stats()["self_connects"]
