@@ -24,6 +24,7 @@ import wrapt
 
 import selfguard
 from selfguard._kernel import read_ephemeral_range
+from selfguard.testing import free_port
 
 LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -33,20 +34,6 @@ def _listener(port: int) -> socket.socket:
     srv.bind(("127.0.0.1", port))
     srv.listen(128)
     return srv
-
-
-def _free_port(low: int, high: int) -> int:
-    """A port in low..high that nothing is bound to right now."""
-    for port in range(low, high + 1):
-        probe = socket.socket()
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            probe.close()
-        return port
-    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def cycle_case(srv: socket.socket) -> Callable[[int], None]:
@@ -183,8 +170,8 @@ def main() -> None:
 
     low, high = read_ephemeral_range()
     inside = _listener(0)  # the kernel gives a listener on port 0 an ephemeral port
-    outside = _listener(_free_port(max(1024, low - 2000), low - 1))
-    closed_port = _free_port(low + (high - low) // 2, high)
+    outside = _listener(free_port(max(1024, low - 2000), low - 1))
+    closed_port = free_port(low + (high - low) // 2, high)
     loop = asyncio.new_event_loop()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

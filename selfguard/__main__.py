@@ -1,4 +1,4 @@
-"""The `selfguard` command: `python -m selfguard` shows the bug and the guard on this machine."""
+"""The `selfguard` command: `repro` (the demonstration, also the default) and `doctor`."""
 
 from __future__ import annotations
 
@@ -11,12 +11,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="selfguard",
         description="Show a real TCP self-connect on this machine, unguarded and then guarded by selfguard.",
+        epilog="With no command, runs `selfguard repro` with its defaults.",
     )
-    parser.parse_args(argv)
-    from ._demo import main as demo
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    doctor = commands.add_parser(
+        "doctor",
+        help="find the server ports of this host that clients could connect themselves to",
+        description=(
+            "List this host's listening TCP ports (and the ports given with --port) that lie inside the "
+            "ephemeral port range and are not reserved, and print the sysctl setting that reserves them. "
+            "Exit status: 0 nothing at risk, 1 some port at risk, 2 this host could not be examined."
+        ),
+    )
+    repro = commands.add_parser(
+        "repro",
+        help="the classic reconnect loop, until a socket connects to itself; then again, guarded",
+        description=(
+            "Dial a closed port on 127.0.0.1 with fresh sockets until one connects to itself (as "
+            "`while true; do telnet 127.0.0.1 40000; done` does), then do it again with selfguard installed. "
+            "Exit status: 0 shown, 1 not shown, 2 could not run."
+        ),
+    )
+    from . import _doctor, _repro
+
+    _doctor.add_arguments(doctor)
+    _repro.add_arguments(repro)
+    args = parser.parse_args(argv)
 
     try:
-        return demo()
+        if args.command == "doctor":
+            return _doctor.run(args)
+        return _repro.run(args if args.command == "repro" else repro.parse_args([]))
     except BrokenPipeError:
         # `selfguard | head`: the reader went away; say nothing more.
         sys.stdout = None

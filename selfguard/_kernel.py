@@ -8,6 +8,7 @@ import socket
 from typing import Any, Callable, Optional
 
 RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+RESERVED_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
@@ -26,14 +27,41 @@ def read_ephemeral_range(path: Optional[str] = None) -> tuple[int, int]:
     return low, high
 
 
-def is_self_connected(sock: Any) -> bool:
-    """Tell whether a TCP socket is connected to itself.
+def parse_port_list(text: str) -> list[tuple[int, int]]:
+    """Parse the kernel's port list syntax ("8080,9000-9010", maybe empty) into (low, high) ranges."""
+    ranges = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        low, _, high = item.strip().partition("-")
+        ranges.append((int(low), int(high or low)))
+    return ranges
 
-    Compares host and port of both ends only (IPv6 tuples also carry flowinfo
-    and scope id). Any socket that is not a connected AF_INET/AF_INET6 socket
-    answers False; this never raises.
+
+def read_reserved_ports(path: Optional[str] = None) -> list[tuple[int, int]]:
+    """Return net.ipv4.ip_local_reserved_ports as (low, high) ranges: ports the kernel never picks.
+
+    An unreadable file (not Linux) counts as no reserved ports.
     """
     try:
+        with open(path or RESERVED_FILE) as f:
+            return parse_port_list(f.read())
+    except OSError:
+        return []
+
+
+def is_self_connected(sock: Any) -> bool:
+    """Tell whether a TCP socket -- or an asyncio transport's socket -- is connected to itself.
+
+    Compares host and port of both ends only (IPv6 tuples also carry flowinfo
+    and scope id). For connections the guard cannot see (uvloop's, made in C),
+    pass the transport: its get_extra_info("socket") is checked. Anything that
+    is not a connected AF_INET/AF_INET6 socket answers False; this never raises.
+    """
+    try:
+        get_extra_info = getattr(sock, "get_extra_info", None)
+        if get_extra_info is not None:
+            sock = get_extra_info("socket")
         if sock.family not in _INET_FAMILIES:
             return False
         local = sock.getsockname()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import socket
 import struct
 import sys
@@ -12,8 +11,7 @@ from typing import Callable, Iterator
 import pytest
 
 import selfguard
-from selfguard import _config, _events
-from selfguard._kernel import read_ephemeral_range
+from selfguard import _config, _events, testing
 from selfguard.testing import can_force_self_connect, force_self_connect
 
 ON_CI = bool(os.environ.get("CI"))
@@ -46,24 +44,11 @@ def clean_guard() -> Iterator[None]:
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """Return a function giving a fresh port inside the ephemeral range that nothing holds."""
-    low, high = read_ephemeral_range()
-    used: set[int] = set()
+    used: list[int] = []
 
     def pick() -> int:
-        for _ in range(1000):
-            port = random.randint(low, high)
-            if port in used:
-                continue
-            probe = socket.socket()
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            finally:
-                probe.close()
-            used.add(port)
-            return port
-        raise RuntimeError("no free port in the ephemeral range")
+        used.append(testing.free_port(avoid=used))
+        return used[-1]
 
     return pick
 

@@ -204,3 +204,24 @@ def test_asyncio_imported_after_install_is_patched(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "ok\n" == done.stdout, done.stderr
+
+
+def test_uvloop_transports_can_be_checked_with_is_self_connected(free_port):
+    """uvloop connects in C, out of the guard's sight; is_self_connected(transport) tells the truth about them."""
+    uvloop = pytest.importorskip("uvloop")
+    port = free_port()
+    selfconnected = socket.socket()
+    selfconnected.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    with force_self_connects(port):
+        selfconnected.connect(("127.0.0.1", port))  # unguarded: the real bug
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        bad, _ = await loop.create_connection(asyncio.Protocol, sock=selfconnected)
+        with socket.create_server(("127.0.0.1", 0)) as srv:
+            good, _ = await loop.create_connection(asyncio.Protocol, *srv.getsockname())
+            assert (True, False) == (selfguard.is_self_connected(bad), selfguard.is_self_connected(good))
+            good.close()
+        bad.close()
+
+    uvloop.run(main())

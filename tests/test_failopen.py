@@ -48,12 +48,12 @@ def test_getsockname_failing_leaves_the_connect_untouched(monkeypatch, caplog):
 
 def test_an_unreadable_range_checks_every_port(forced, free_port, monkeypatch, caplog):
     """With /proc unreadable (not Linux, a sandbox) every TCP port is checked: slower, never blind."""
+    port = free_port()
     monkeypatch.setattr(_kernel, "RANGE_FILE", "/nonexistent/ip_local_port_range")
     monkeypatch.setattr(_guard, "_low", 0)
     monkeypatch.setattr(_guard, "_high", -1)
     monkeypatch.setattr(_guard, "_range_read_at", float("-inf"))
     selfguard.install()
-    port = free_port()
     with pytest.raises(selfguard.SelfConnectError):
         forced(port).connect(("127.0.0.1", port))
     assert (1, 65535) == (_guard._low, _guard._high)

@@ -1,0 +1,129 @@
+"""The pytest plugin: --selfguard guards a whole test session; fixtures record events and force self-connects."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
+
+import pytest
+
+# selfguard itself is imported only once it is needed: pytest loads this
+# plugin (an entry point) in every session of every environment where
+# selfguard is installed -- before coverage starts measuring, and mostly in
+# sessions that never ask for it.
+if TYPE_CHECKING:
+    from selfguard import Event
+    from selfguard.testing import SelfConnectPlan
+
+# Whether pytest_configure installed the guard, so pytest_unconfigure must
+# remove it. (A module global rather than config.stash, which needs pytest 7:
+# this plugin loads wherever selfguard is installed, whatever the pytest.)
+_installed_here = False
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("selfguard", "guard against TCP self-connects (selfguard)")
+    group.addoption(
+        "--selfguard",
+        action="store_true",
+        dest="selfguard",
+        default=None,
+        help="install selfguard for the whole test session (overrides the 'selfguard' ini key)",
+    )
+    group.addoption(
+        "--no-selfguard",
+        action="store_false",
+        dest="selfguard",
+        help="do not install selfguard, even if the 'selfguard' ini key says so",
+    )
+    parser.addini("selfguard", type="bool", default=False, help="install selfguard for the whole test session")
+
+
+def _wanted(config: pytest.Config) -> bool:
+    # The command line wins over the ini file.
+    option: Optional[bool] = config.getoption("selfguard")
+    return bool(config.getini("selfguard")) if option is None else option
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _installed_here
+    _installed_here = False
+    if not _wanted(config):
+        return
+    import selfguard
+
+    # The guard is installed at configure time, so connects made while
+    # collecting (module-level clients, conftest fixtures) are guarded too.
+    # install() honours SELFGUARD and SELFGUARD_* as everywhere else; with
+    # SELFGUARD=0 it does nothing, and the header says so.
+    _installed_here = not selfguard.is_installed() and selfguard.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _installed_here
+    # Only a guard this plugin installed is removed: one installed before
+    # (by a sitecustomize) stays.
+    if _installed_here:
+        import selfguard
+
+        selfguard.uninstall()
+        _installed_here = False
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[str]:
+    if not _wanted(config):
+        return None
+    import selfguard
+
+    if selfguard.is_installed():
+        return "selfguard: installed for the session"
+    return "selfguard: requested, but not installed (SELFGUARD is off in the environment)"
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not _wanted(config):
+        return
+    import selfguard
+
+    counts = selfguard.stats()
+    if counts["self_connects"]:
+        terminalreporter.write_line(
+            "selfguard: {self_connects} self-connect(s) caught, {retries} retried, {gave_up} given up "
+            "(reported as connection refused)".format(**counts)
+        )
+
+
+@pytest.fixture
+def selfguard_events() -> Iterator[list[Event]]:
+    """The selfguard Events of this test, in order, as a list that grows while the test runs.
+
+    If the guard is not installed (no --selfguard), it is installed for this
+    test and removed afterwards, so there are events to see.
+    """
+    import selfguard
+
+    events: list[Event] = []
+
+    def record(event: Event) -> None:
+        events.append(event)
+
+    installed_here = not selfguard.is_installed() and selfguard.install()
+    selfguard.add_listener(record)
+    try:
+        yield events
+    finally:
+        selfguard.remove_listener(record)
+        if installed_here:
+            selfguard.uninstall()
+
+
+@pytest.fixture
+def force_self_connects() -> Callable[..., ContextManager[SelfConnectPlan]]:
+    """selfguard.testing.force_self_connects: `with force_self_connects(port, times=1):` makes connects self-connect.
+
+    Skips the test on kernels that cannot force a self-connect (Linux < 6.3).
+    """
+    from selfguard import testing
+
+    if not testing.can_force_self_connect():
+        pytest.skip("forcing a self-connect needs IP_LOCAL_PORT_RANGE (Linux >= 6.3)")
+    return testing.force_self_connects

@@ -1,0 +1,145 @@
+"""selfguard.contrib.otel: real self-connects, collected by the OpenTelemetry SDK's in-memory reader."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
+
+import selfguard
+from selfguard.contrib import otel
+from selfguard.testing import can_force_self_connect, force_self_connects
+
+from conftest import require
+
+NAMES = [
+    "selfguard.addrnotavail",
+    "selfguard.checked",
+    "selfguard.faults",
+    "selfguard.gave_up",
+    "selfguard.relented",
+    "selfguard.retries",
+    "selfguard.self_connects",
+]
+
+
+def _collect(reader: InMemoryMetricReader) -> dict[str, Sum]:
+    """Collect once and return the selfguard metrics by name (only the data, which is what an exporter sends)."""
+    found = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            if scope_metrics.scope.name != "selfguard":
+                continue
+            for metric in scope_metrics.metrics:
+                assert "1" == metric.unit
+                assert isinstance(metric.data, Sum)
+                found[metric.name] = metric.data
+    return found
+
+
+def _values(reader: InMemoryMetricReader) -> dict[str, int]:
+    return {name: int(next(iter(data.data_points)).value) for name, data in _collect(reader).items()}
+
+
+def test_collection_reports_the_counters_of_real_self_connects(free_port):
+    """After a connect that self-connected on all 3 attempts, the SDK collects 3 self-connects, 2 retries, 1 give-up."""
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    reader = InMemoryMetricReader()
+    otel.register(MeterProvider(metric_readers=[reader]))
+    selfguard.install()
+    port = free_port()
+    with force_self_connects(port, times=3), socket.socket() as sock, pytest.raises(selfguard.SelfConnectError):
+        sock.connect(("127.0.0.1", port))
+    values = _values(reader)
+    assert 3 == values["selfguard.self_connects"]
+    assert 2 == values["selfguard.retries"]
+    assert 1 == values["selfguard.gave_up"]
+    assert {f"selfguard.{k}": v for k, v in selfguard.stats().items()} == values
+
+
+def test_instruments_are_monotonic_cumulative_counters():
+    """Every stats() key is reported as a monotonic sum, as observable counters are."""
+    reader = InMemoryMetricReader()
+    otel.register(MeterProvider(metric_readers=[reader]))
+    collected = _collect(reader)
+    assert NAMES == sorted(collected)
+    assert sorted(f"selfguard.{k}" for k in selfguard.stats()) == NAMES
+    assert all(data.is_monotonic for data in collected.values())
+
+
+def test_values_are_read_at_collection_time(free_port):
+    """A self-connect after a first collection shows in the next one."""
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    reader = InMemoryMetricReader()
+    otel.register(MeterProvider(metric_readers=[reader]))
+    selfguard.install()
+    assert 0 == _values(reader)["selfguard.self_connects"]
+    port = free_port()
+    # One forced self-connect; the guard's retry then meets the closed port.
+    with force_self_connects(port, times=1), socket.socket() as sock, pytest.raises(ConnectionRefusedError):
+        sock.connect(("127.0.0.1", port))
+    assert 1 == _values(reader)["selfguard.self_connects"]
+
+
+def test_register_twice_returns_the_same_instruments():
+    """A second register() on the same provider creates nothing new and each metric is reported once."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    first = otel.register(provider)
+    assert first is otel.register(provider)
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = [m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+    assert sorted(names) == NAMES
+
+
+def test_import_selfguard_does_not_import_opentelemetry():
+    """`import selfguard` leaves opentelemetry unimported: it is an optional dependency."""
+    code = "import sys, selfguard; print(any(m.startswith('opentelemetry') for m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "False" == done.stdout.strip(), done.stderr
+
+
+GLOBAL_PROVIDER_SCRIPT = """
+import socket, sys
+import selfguard
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from selfguard.contrib import otel
+from selfguard.testing import force_self_connects
+
+port = int(sys.argv[1])
+otel.register()
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+selfguard.install()
+with force_self_connects(port, times=3), socket.socket() as sock:
+    try:
+        sock.connect(("127.0.0.1", port))
+    except selfguard.SelfConnectError:
+        pass
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            print(m.name, next(iter(m.data.data_points)).value)
+"""
+
+
+def test_register_without_a_provider_reaches_the_global_provider_set_later(free_port):
+    """register() before set_meter_provider() still reports through the SDK provider set afterwards."""
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    # The global provider can be set once per process, so this runs in its own interpreter.
+    done = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT, str(free_port())], capture_output=True, text=True, timeout=60
+    )
+    assert 0 == done.returncode, done.stderr
+    reported = dict(line.split() for line in done.stdout.splitlines())
+    assert "3" == reported["selfguard.self_connects"]
+    assert "1" == reported["selfguard.gave_up"]

@@ -1,0 +1,183 @@
+"""The pytest plugin, run end to end in real pytest subprocesses (pytester): option, ini key, fixtures, entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import distribution
+
+import pytest
+
+from selfguard.testing import can_force_self_connect
+
+from conftest import require
+
+pytest_plugins = ["pytester"]
+
+ASSERT_INSTALLED = """
+import selfguard
+
+def test_first():
+    assert selfguard.is_installed()
+
+def test_second():
+    assert selfguard.is_installed()
+"""
+
+ASSERT_NOT_INSTALLED = """
+import selfguard
+
+def test_it():
+    assert not selfguard.is_installed()
+"""
+
+# Records whether the guard is still installed once every other plugin has
+# unconfigured, i.e. after the session.
+RECORD_AT_THE_END = """
+import pytest, selfguard
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    with open("installed-at-the-end", "w") as f:
+        f.write(str(selfguard.is_installed()))
+"""
+
+SELF_CONNECT_TEST = """
+import socket, pytest, selfguard
+
+PORT = {port}
+
+def test_events(selfguard_events, force_self_connects):
+    with force_self_connects(PORT, times=3), socket.socket() as sock:
+        with pytest.raises(selfguard.SelfConnectError):
+            sock.connect(("127.0.0.1", PORT))
+    kinds = [event.kind for event in selfguard_events]
+    assert 3 == kinds.count("self_connect"), kinds
+    assert "gave_up" == kinds[-1], kinds
+    assert all(("127.0.0.1", PORT) == event.remote[:2] for event in selfguard_events)
+
+def test_the_next_test_starts_empty(selfguard_events):
+    assert [] == selfguard_events
+"""
+
+
+def test_the_option_installs_the_guard_for_the_session(pytester):
+    """With --selfguard every test runs guarded, and the report header says so."""
+    pytester.makepyfile(ASSERT_INSTALLED)
+    result = pytester.runpytest_subprocess("--selfguard", timeout=120)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["selfguard: installed for the session"])
+
+
+def test_without_the_option_the_guard_is_not_installed(pytester):
+    """The plugin is loaded in every session but installs nothing unless asked."""
+    pytester.makepyfile(ASSERT_NOT_INSTALLED)
+    result = pytester.runpytest_subprocess(timeout=120)
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("selfguard:*")
+
+
+def test_the_ini_key_installs_the_guard(pytester):
+    """`selfguard = true` in the ini file has the effect of --selfguard."""
+    pytester.makeini("[pytest]\nselfguard = true\n")
+    pytester.makepyfile(ASSERT_INSTALLED)
+    pytester.runpytest_subprocess(timeout=120).assert_outcomes(passed=2)
+
+
+def test_no_selfguard_overrides_the_ini_key(pytester):
+    """--no-selfguard on the command line wins over `selfguard = true` in the ini file."""
+    pytester.makeini("[pytest]\nselfguard = true\n")
+    pytester.makepyfile(ASSERT_NOT_INSTALLED)
+    pytester.runpytest_subprocess("--no-selfguard", timeout=120).assert_outcomes(passed=1)
+
+
+def test_the_guard_is_uninstalled_after_the_session(pytester):
+    """The guard the plugin installed is gone once the session is over."""
+    pytester.makeconftest(RECORD_AT_THE_END)
+    pytester.makepyfile(ASSERT_INSTALLED)
+    pytester.runpytest_subprocess("--selfguard", timeout=120).assert_outcomes(passed=2)
+    assert "False" == (pytester.path / "installed-at-the-end").read_text()
+
+
+def test_a_guard_installed_before_the_session_stays(pytester):
+    """A guard installed before pytest configured (as a sitecustomize would) is left installed at the end."""
+    pytester.makeconftest("import selfguard\nselfguard.install()\n" + RECORD_AT_THE_END)
+    pytester.makepyfile(ASSERT_INSTALLED)
+    pytester.runpytest_subprocess("--selfguard", timeout=120).assert_outcomes(passed=2)
+    assert "True" == (pytester.path / "installed-at-the-end").read_text()
+
+
+def test_the_events_fixture_sees_a_real_forced_self_connect(pytester, free_port):
+    """selfguard_events lists the events of its own test only: the three self-connects and the give-up."""
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    pytester.makepyfile(SELF_CONNECT_TEST.format(port=free_port()))
+    pytester.runpytest_subprocess(timeout=120).assert_outcomes(passed=2)
+
+
+def test_the_events_fixture_installs_the_guard_only_for_its_test(pytester):
+    """Without --selfguard, selfguard_events installs the guard for its test and removes it afterwards."""
+    pytester.makepyfile(
+        """
+        import selfguard
+
+        def test_with_events(selfguard_events):
+            assert selfguard.is_installed()
+
+        def test_after():
+            assert not selfguard.is_installed()
+        """
+    )
+    pytester.runpytest_subprocess(timeout=120).assert_outcomes(passed=2)
+
+
+def test_the_force_self_connects_fixture_is_the_testing_helper(pytester):
+    """The force_self_connects fixture is selfguard.testing.force_self_connects."""
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    pytester.makepyfile(
+        """
+        import selfguard.testing
+
+        def test_it(force_self_connects):
+            assert selfguard.testing.force_self_connects is force_self_connects
+        """
+    )
+    pytester.runpytest_subprocess(timeout=120).assert_outcomes(passed=1)
+
+
+def test_the_summary_counts_the_self_connects_caught(pytester, free_port):
+    """With --selfguard, the terminal summary reports the self-connects the guard caught during the session."""
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    pytester.makepyfile(SELF_CONNECT_TEST.format(port=free_port()))
+    result = pytester.runpytest_subprocess("--selfguard", timeout=120)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["selfguard: 3 self-connect(s) caught, 2 retried, 1 given up*"])
+
+
+def test_selfguard_off_in_the_environment_is_reported(pytester):
+    """With SELFGUARD=0, --selfguard installs nothing and the header says why."""
+    pytester.makepyfile(ASSERT_NOT_INSTALLED)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--selfguard", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        env={**os.environ, "SELFGUARD": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stdout
+    assert "selfguard: requested, but not installed (SELFGUARD is off in the environment)" in done.stdout
+
+
+def test_the_plugin_is_loaded_through_its_pytest11_entry_point(pytester):
+    """pytest finds the plugin by its entry point: with plugin autoloading off, --selfguard is unknown."""
+    plugins = [e.value for e in distribution("selfguard").entry_points if e.group == "pytest11"]
+    assert ["selfguard.pytest_plugin"] == plugins
+    pytester.makepyfile(ASSERT_INSTALLED)
+    command = [sys.executable, "-m", "pytest", "--selfguard", "-p", "no:cacheprovider"]
+    loaded = subprocess.run(command, cwd=pytester.path, capture_output=True, text=True, timeout=120)
+    assert 0 == loaded.returncode, loaded.stdout + loaded.stderr
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    unloaded = subprocess.run(command, cwd=pytester.path, env=env, capture_output=True, text=True, timeout=120)
+    assert pytest.ExitCode.USAGE_ERROR == unloaded.returncode
+    assert "unrecognized arguments: --selfguard" in unloaded.stderr
