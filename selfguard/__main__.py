@@ -1,4 +1,4 @@
-"""The `selfguard` command: `repro` (the demonstration, also the default) and `doctor`."""
+"""The `selfguard` command: `repro` (the demonstration, also the default), `doctor` and `run`."""
 
 from __future__ import annotations
 
@@ -32,15 +32,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "Exit status: 0 shown, 1 not shown, 2 could not run."
         ),
     )
-    from . import _doctor, _repro
+    run = commands.add_parser(
+        "run",
+        help="run a command with the guard active in it and in every Python process it starts",
+        description=(
+            "Run CMD with selfguard's sitecustomize first on PYTHONPATH, so that every Python interpreter it "
+            "starts installs the guard (as ddtrace-run and opentelemetry-instrument do). An existing PYTHONPATH "
+            "and your own sitecustomize keep working. The exit status is CMD's."
+        ),
+    )
+    from . import _doctor, _repro, _run
 
     _doctor.add_arguments(doctor)
     _repro.add_arguments(repro)
+    _run.add_arguments(run)
     args = parser.parse_args(argv)
 
     try:
         if args.command == "doctor":
             return _doctor.run(args)
+        if args.command == "run":
+            return _run.run(args)
         return _repro.run(args if args.command == "repro" else repro.parse_args([]))
     except BrokenPipeError:
         # `selfguard | head`: the reader went away; say nothing more.

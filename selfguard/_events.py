@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import _thread
+import collections
 import itertools
-import logging
 import os
-import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
 
 from ._errors import format_address
 
-logger = logging.getLogger("selfguard")
+# Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
+# imported it already, and every annotation here is a string (PEP 563) never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, NamedTuple, Optional
+
+# The logger is fetched when there is first something to log: importing
+# logging costs ~4 ms, and the guard is imported into every process of a host
+# that deploys the sitecustomize, most of which never see a self-connect.
+_logger: Any = None
+
+
+def logger() -> Any:
+    """The logger "selfguard" (logging.Logger), imported on first use."""
+    global _logger
+    if _logger is None:
+        import logging
+
+        _logger = logging.getLogger("selfguard")
+    return _logger
+
 
 # Event kind -> the counter it increments.
 COUNTER_OF_KIND = {
@@ -26,8 +44,22 @@ COUNTER_OF_KIND = {
 COUNTERS = tuple(COUNTER_OF_KIND.values())
 
 
-@dataclass(frozen=True)
-class Event:
+if TYPE_CHECKING:
+
+    class _EventFields(NamedTuple):
+        kind: str
+        api: str
+        local: Optional[tuple[Any, ...]]
+        remote: Optional[tuple[Any, ...]]
+        attempt: int
+        detail: str = ""
+
+    Listener = Callable[["Event"], Any]
+else:  # the same fields, without importing typing
+    _EventFields = collections.namedtuple("_EventFields", "kind api local remote attempt detail", defaults=("",))
+
+
+class Event(_EventFields):
     """One thing the guard saw or did.
 
     kind: "self_connect", "retry", "gave_up", "relented", "addrnotavail" or "fault".
@@ -38,17 +70,10 @@ class Event:
     detail: a short human-readable note (the reason for a retry, a fault).
     """
 
-    kind: str
-    api: str
-    local: Optional[tuple[Any, ...]]
-    remote: Optional[tuple[Any, ...]]
-    attempt: int
-    detail: str = ""
+    __slots__ = ()
 
 
-Listener = Callable[[Event], Any]
-
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _counts = dict.fromkeys(COUNTERS, 0)
 # "checked" grows on every guarded connect, so it gets the cheapest exact
 # counter there is: next() on itertools.count is one C call, atomic under the
@@ -134,7 +159,7 @@ def fault(
         _logged_once.add(what)
     if first:
         try:
-            logger.warning(
+            logger().warning(
                 "selfguard: %s failed (%s: %s); %s. "
                 "Further failures of this kind are counted in stats()['faults'] but not logged.",
                 what,
@@ -153,26 +178,26 @@ def fault(
 
 def _log(event: Event) -> None:
     if event.kind == "self_connect":
-        logger.warning(
+        logger().warning(
             "self-connect: %s connected to itself (%s, attempt %d)",
             format_address(event.local),
             event.api,
             event.attempt,
         )
     elif event.kind == "gave_up":
-        logger.warning(
+        logger().warning(
             "gave up on %s after %d self-connect(s): reported as connection refused",
             format_address(event.remote),
             event.attempt,
         )
     elif event.kind == "relented":
-        logger.warning(
+        logger().warning(
             "relented: returning a socket connected to itself, %s, after %d self-connect(s)",
             format_address(event.remote),
             event.attempt,
         )
-    elif logger.isEnabledFor(logging.DEBUG):
-        logger.debug(
+    elif logger().isEnabledFor(10):  # logging.DEBUG
+        logger().debug(
             "%s: %s (%s, attempt %d) %s",
             event.kind,
             format_address(event.remote),
@@ -188,7 +213,7 @@ def _after_fork_in_child() -> None:
     # Counters are per process: a forked worker starts from zero, so summing
     # the workers' counters counts each event once.
     global _lock, _counts, checked
-    _lock = threading.Lock()
+    _lock = _thread.allocate_lock()
     _counts = dict.fromkeys(COUNTERS, 0)
     checked = itertools.count()
 

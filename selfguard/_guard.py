@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import _socket
-import contextvars
 import errno
 import socket
 import time
 import weakref
-from typing import Any, Callable, Optional, Union
 
 from . import _config, _events
 from ._errors import SelfConnectError
 from ._events import Event
 from ._kernel import disconnect, read_ephemeral_range
+
+# Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
+# imported it already, and every annotation here is a string (PEP 563) never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import contextvars
+    from typing import Any, Callable, Optional, Union
 
 # The C-level accessors: socket.socket.family/.type build an enum on every
 # read (~1 us each), these return the plain int. They raise TypeError for
@@ -49,8 +54,9 @@ _range_read_at = float("-inf")
 _user_bound: weakref.WeakSet[Any] = weakref.WeakSet()
 
 # Set while a layer above (asyncio's sock_connect) checks the connects it
-# makes itself, knowing the address it dialled: the SO_ERROR check stands back.
-delegated: contextvars.ContextVar[bool] = contextvars.ContextVar("selfguard_delegated", default=False)
+# makes itself, knowing the address it dialled: the SO_ERROR check stands
+# back. Created by that layer when it is first needed.
+delegated: Optional[contextvars.ContextVar[bool]] = None
 
 
 def _in_refreshed_range(port: int) -> bool:
@@ -314,7 +320,7 @@ def getsockopt_wrapper(
     if args != _SO_ERROR or kwargs or _options is None:
         return wrapped(*args, **kwargs)
     err = wrapped(*args)
-    if err or delegated.get():
+    if err or (delegated is not None and delegated.get()):
         return err
     try:
         if _type(instance) != _SOCK_STREAM or _family(instance) not in _INET_FAMILIES:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
 import time
@@ -51,7 +50,7 @@ def test_listeners_receive_frozen_events_in_order(forced, free_port):
     assert [1, 2, 2, 2] == [e.attempt for e in events]
     assert all("connect_ex" == e.api and ("127.0.0.1", port) == e.remote for e in events)
     assert ("127.0.0.1", port) == events[0].local
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         events[0].kind = "other"
 
 

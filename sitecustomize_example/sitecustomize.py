@@ -1,0 +1,1 @@
+../selfguard/_bootstrap/sitecustomize.py
