@@ -94,7 +94,7 @@ async def _sock_connect(
                     exc.errno == errno.EADDRNOTAVAIL
                     and options.retry_addrnotavail
                     and sock not in _guard._user_bound
-                    and _guard._low <= port <= _guard._high
+                    and (_guard._low <= port <= _guard._high or _guard.in_refreshed_range(port))
                 ):
                     raise
                 _events.publish(Event("addrnotavail", API, None, address, attempt))
@@ -102,7 +102,7 @@ async def _sock_connect(
                     raise
                 reason = "EADDRNOTAVAIL"
             else:
-                if not _guard._low <= port <= _guard._high:
+                if not _guard._low <= port <= _guard._high and not _guard.in_refreshed_range(port):
                     return None  # a kernel-picked port never equals one outside the range
                 local = _guard._self_connected(sock, port)
                 if local is None:

@@ -59,7 +59,7 @@ _user_bound: weakref.WeakSet[Any] = weakref.WeakSet()
 delegated: Optional[contextvars.ContextVar[bool]] = None
 
 
-def _in_refreshed_range(port: int) -> bool:
+def in_refreshed_range(port: int) -> bool:
     """Re-read the range if it is due, and tell whether *port* lies in it.
 
     Only called for ports outside the cached range: a range that widened is
@@ -102,20 +102,20 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
         if _options is None or kind != _SOCK_STREAM or kwargs or len(args) != 1:
             return wrapped(*args, **kwargs)
         address = args[0]
-        if type(address) is not tuple or len(address) < 2 or type(address[1]) is not int:
-            return wrapped(address)
-        port = address[1]
-        if not _low <= port <= _high and not _in_refreshed_range(port):
-            return wrapped(address)
         try:
             timeout = _timeout(instance)
         except TypeError:
             timeout = instance.gettimeout()
         if timeout == 0.0:
             # Non-blocking: on Linux the connect returns EINPROGRESS and its
-            # outcome is read later from SO_ERROR, where getsockopt_wrapper
-            # checks it. Passing straight through spares the EINPROGRESS
+            # outcome is read later from SO_ERROR (checked there, or by the
+            # asyncio layer). Passing straight through spares the EINPROGRESS
             # exception a catch and re-raise (~0.4 us inside asyncio).
+            return wrapped(address)
+        if type(address) is not tuple or len(address) < 2 or type(address[1]) is not int:
+            return wrapped(address)
+        port = address[1]
+        if not _low <= port <= _high and not in_refreshed_range(port):
             return wrapped(address)
 
         local = None
@@ -331,7 +331,7 @@ def getsockopt_wrapper(
         local = _getsockname(instance)
         # A kernel-picked port always lies in the ephemeral range; any other
         # port was bound by someone on purpose, and is not ours to judge.
-        if not _low <= local[1] <= _high:
+        if not _low <= local[1] <= _high and not in_refreshed_range(local[1]):
             return err
         peer = _getpeername(instance)
     except OSError:

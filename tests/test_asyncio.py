@@ -225,3 +225,25 @@ def test_uvloop_transports_can_be_checked_with_is_self_connected(free_port):
         bad.close()
 
     uvloop.run(main())
+
+
+def test_the_first_connect_of_a_process_can_be_an_asyncio_one(free_port):
+    """In a fresh interpreter whose first connect is non-blocking, the guard still knows the range."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    code = (
+        "import asyncio, selfguard\n"
+        "from selfguard.testing import force_self_connects\n"
+        "selfguard.install()\n"
+        "async def main():\n"
+        f"    with force_self_connects({port}, times=3):\n"
+        f"        await asyncio.open_connection('127.0.0.1', {port})\n"
+        "try:\n"
+        "    asyncio.run(main())\n"
+        "except selfguard.SelfConnectError as exc:\n"
+        "    print('caught after', exc.attempts, 'attempts')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "caught after 3 attempts" == done.stdout.strip(), done.stderr
