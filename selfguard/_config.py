@@ -126,8 +126,8 @@ def resolve(arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] =
             continue
         variable = env_name(name)
         raw = environ.get(variable)
-        if raw is None:
-            continue
+        if raw is None or not raw.strip():
+            continue  # unset, or set to nothing: the default, as for SELFGUARD
         try:
             values[name] = parse(raw)
         except ValueError as exc:

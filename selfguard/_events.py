@@ -83,6 +83,7 @@ checked = itertools.count()
 # Copy-on-write, so publishing iterates without taking a lock.
 _listeners: tuple[Listener, ...] = ()
 _logged_once: set[str] = set()
+_delivering = _thread._local()  # per thread: is a listener running right now?
 
 
 def stats() -> dict[str, int]:
@@ -141,11 +142,19 @@ def publish(event: Event) -> float:
         _log(event)
     except Exception:  # a broken handler or formatter; nothing to log it with
         pass
-    for fn in _listeners:
+    if _listeners and not getattr(_delivering, "active", False):
+        # A listener that connects can meet a self-connect itself; the events
+        # of that connect are counted and logged, but not handed back to the
+        # listeners, or a listener could recurse without end.
+        _delivering.active = True
         try:
-            fn(event)
-        except Exception as exc:
-            fault(f"listener {fn!r}", exc, event.api, "the guard carries on; each failing call counts as a fault")
+            for fn in _listeners:
+                try:
+                    fn(event)
+                except Exception as exc:
+                    fault(f"listener {fn!r}", exc, event.api, "the guard carries on; each failing call is a fault")
+        finally:
+            _delivering.active = False
     return time.monotonic() - started
 
 
@@ -169,11 +178,17 @@ def fault(
             )
         except Exception:
             pass
-    for fn in _listeners:
-        try:
-            fn(Event("fault", api, None, None, 0, f"{what}: {type(exc).__name__}: {exc}"))
-        except Exception:
-            pass  # a listener failing on a fault event must not recurse
+    if getattr(_delivering, "active", False):
+        return  # the fault of a listener (or of a connect it made): not handed back to the listeners
+    _delivering.active = True
+    try:
+        for fn in _listeners:
+            try:
+                fn(Event("fault", api, None, None, 0, f"{what}: {type(exc).__name__}: {exc}"))
+            except Exception:
+                pass  # a listener failing on a fault event is not reported again
+    finally:
+        _delivering.active = False
 
 
 def _log(event: Event) -> None:

@@ -71,15 +71,19 @@ def in_refreshed_range(port: int) -> bool:
     now = _monotonic()
     if now - _range_read_at <= RANGE_REFRESH:
         return False
-    _range_read_at = now
     try:
-        _low, _high = read_ephemeral_range()
+        low, high = read_ephemeral_range()
     except (OSError, ValueError) as exc:
         # Fail open towards checking: with the range unknown, every port is
         # a candidate. Costs a syscall per TCP connect, never misses one.
-        _low, _high = 1, 65535
+        low, high = 1, 65535
         _events.fault("reading the ephemeral port range", exc)
-    return _low <= port <= _high
+    # The time is stamped only once the range is in place: the read releases
+    # the GIL, and other threads must not take a fresh stamp over an empty or
+    # half-written range as "outside it" (they read the file themselves).
+    _low, _high = low, high
+    _range_read_at = now
+    return low <= port <= high
 
 
 def make_connect_wrapper(api: str) -> Callable[..., Any]:

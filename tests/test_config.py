@@ -33,7 +33,6 @@ def test_arguments_win_over_the_environment():
         ("SELFGUARD_RETRIES", "abc"),
         ("SELFGUARD_RETRIES", "-1"),
         ("SELFGUARD_RETRIES", "101"),
-        ("SELFGUARD_RETRIES", ""),
         ("SELFGUARD_MODE", "strict"),
         ("SELFGUARD_RETRY_ADDRNOTAVAIL", "maybe"),
         ("SELFGUARD_MODE", "é" * 10_000),
@@ -127,3 +126,11 @@ def test_the_bool_default_is_written_as_in_the_environment():
     """The warning shows the default the way a user would set it."""
     with pytest.warns(RuntimeWarning, match="using the default true"):
         _config.resolve({}, {"SELFGUARD_RETRY_ADDRNOTAVAIL": "maybe"})
+
+
+@pytest.mark.parametrize("raw", ["", "  "])
+def test_an_empty_variable_means_the_default_without_a_warning(raw):
+    """SELFGUARD_RETRIES= (set to nothing) is the same as unset, like SELFGUARD."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _config.Options() == _config.resolve({}, {"SELFGUARD_RETRIES": raw, "SELFGUARD_MODE": raw})

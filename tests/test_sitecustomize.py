@@ -78,7 +78,7 @@ def test_selfguard_off_leaves_no_trace():
         ("SELFGUARD_RETRIES", "lots"),
         ("SELFGUARD_MODE", "$(rm -rf /)"),
         ("SELFGUARD", "perhaps"),
-        ("SELFGUARD_RETRIES", ""),
+        ("SELFGUARD_RETRY_ADDRNOTAVAIL", "x" * 100_000),
     ],
 )
 def test_a_bad_value_warns_once_naming_the_variable_and_the_guard_stays_on(variable, value):
