@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sys
 from typing import Any
 
 from . import _guard, _install
@@ -21,3 +23,9 @@ def did_patch_module(event: Any) -> None:
     with _install.lock:
         if _guard._options is not None:
             _install.activate(_guard._options)
+            return
+    # Not installed yet, but selfguard's sitecustomize may be waiting for the
+    # first connect: let gevent's class wait with it.
+    defer = getattr(sys.modules.get("sitecustomize"), "selfguard_defer", None)
+    if defer is not None:
+        defer(socket.socket)

@@ -55,6 +55,11 @@ def activate(options: _config.Options) -> None:
                 del _patched[key]  # someone removed the chain ours was in
             if key not in _patched:
                 before = vars(cls).get(name, _ABSENT)
+                if getattr(before, "_selfguard_deferred", False):
+                    # The sitecustomize's stand-in, waiting for the first
+                    # connect: install() makes it redundant.
+                    delattr(cls, name)
+                    before = _ABSENT
                 _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), before)
         _guard._options = options
         from . import _asyncio  # after the options: its patch reads them

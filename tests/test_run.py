@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SELFGUARD = [sys.executable, "-m", "selfguard", "run", "--"]
 
@@ -15,7 +18,8 @@ def run(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SELFGUARD, *command], env={**base, **env}, capture_output=True, text=True, timeout=60)
 
 
-CHECK = "import socket, selfguard; print(selfguard.is_installed())"
+# The sitecustomize installs the guard at the first connect; port 1 refuses at once.
+CHECK = "import socket, selfguard; socket.socket().connect_ex(('127.0.0.1', 1)); print(selfguard.is_installed())"
 
 
 def test_the_command_and_its_python_children_are_guarded():
@@ -41,7 +45,7 @@ def test_an_existing_pythonpath_and_the_users_sitecustomize_keep_working(tmp_pat
 
 def test_non_python_commands_run_too():
     """Any command runs; a shell in between passes the environment on to Python."""
-    done = run("sh", "-c", f'{sys.executable} -c "{CHECK}"; exit 3')
+    done = run("sh", "-c", f"{sys.executable} -c {shlex.quote(CHECK)}; exit 3")
     assert ("True\n", 3) == (done.stdout, done.returncode)
 
 
@@ -63,3 +67,21 @@ def test_selfguard_off_reaches_the_children():
     """SELFGUARD=0 in the environment turns the guard off in every process below."""
     done = run(sys.executable, "-c", CHECK, SELFGUARD="0")
     assert "False\n" == done.stdout
+
+
+def test_gevent_programs_are_guarded_too(free_port):
+    """A program that monkey-patches with gevent first gets its gevent sockets guarded from the first connect."""
+    pytest.importorskip("gevent")
+    port = free_port()
+    code = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import socket, selfguard\n"
+        "from selfguard.testing import force_self_connect\n"
+        f"s = socket.socket(); s.settimeout(5); force_self_connect(s, {port})\n"
+        "try:\n"
+        f"    s.connect(('127.0.0.1', {port}))\n"
+        "except selfguard.SelfConnectError:\n"
+        "    print('caught', type(s).__module__)\n"
+    )
+    done = run(sys.executable, "-c", code)
+    assert "caught gevent._socket3" == done.stdout.strip(), done.stderr

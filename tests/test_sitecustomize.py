@@ -16,6 +16,9 @@ from selfguard.testing import can_force_self_connect
 from conftest import require
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "sitecustomize_example" / "sitecustomize.py"
+# The guard is installed at the first connect, connect_ex or bind: this is one (port 1: refused at once).
+FIRST_CONNECT = "import socket; socket.socket().connect_ex(('127.0.0.1', 1))\n"
+INSTALLED = "import selfguard; print(selfguard.is_installed())"
 
 
 def python(code: str, *, pythonpath: str = BOOTSTRAP, **env: str) -> subprocess.CompletedProcess[str]:
@@ -83,7 +86,7 @@ def test_selfguard_off_leaves_no_trace():
 )
 def test_a_bad_value_warns_once_naming_the_variable_and_the_guard_stays_on(variable, value):
     """The interpreter starts, warns once on stderr with the variable's name, and uses the default."""
-    done = python("import socket, selfguard; print(selfguard.is_installed())", **{variable: value})
+    done = python(FIRST_CONNECT + INSTALLED, **{variable: value})
     assert 0 == done.returncode
     assert "True" == done.stdout.strip()
     assert 1 == done.stderr.count("RuntimeWarning")
@@ -95,7 +98,7 @@ def test_an_internal_failure_is_reported_and_swallowed(tmp_path):
     broken = tmp_path / "wrapt"
     broken.mkdir()
     (broken / "__init__.py").write_text("raise RuntimeError('broken on purpose')\n")
-    done = python("import socket; print('program ran')", pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]))
+    done = python(FIRST_CONNECT + "print('program ran')", pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]))
     assert 0 == done.returncode
     assert "program ran" == done.stdout.strip()
     assert "selfguard: not active in this process: RuntimeError: broken on purpose\n" == done.stderr
@@ -104,15 +107,12 @@ def test_an_internal_failure_is_reported_and_swallowed(tmp_path):
 def test_a_sitecustomize_further_along_the_path_still_runs(tmp_path):
     """The sitecustomize it hides (a distribution's, or the user's own) runs too, once."""
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.stdout.write('theirs ran\\n')\n")
-    done = python(
-        "import socket, selfguard; print(selfguard.is_installed())",
-        pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]),
-    )
+    done = python(FIRST_CONNECT + INSTALLED, pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]))
     assert ("theirs ran\nTrue\n", "") == (done.stdout, done.stderr)
 
 
-def test_socket_imported_before_the_sitecustomize_runs_is_guarded_at_once():
-    """If something imported socket earlier (a .pth file, say), it installs right away instead of waiting."""
+def test_socket_imported_before_the_sitecustomize_runs_is_guarded_too():
+    """If something imported socket earlier (a .pth file, say), the stand-ins go on at once."""
     import sysconfig
 
     repo = str(Path(__file__).resolve().parent.parent)
@@ -122,8 +122,7 @@ def test_socket_imported_before_the_sitecustomize_runs_is_guarded_at_once():
             "-S",  # no automatic site: the code below imports socket first, then runs the sitecustomize
             "-c",
             "import socket, runpy, sys\n"
-            "runpy.run_path(sys.argv[1], run_name='sitecustomize')\n"
-            "import selfguard; print(selfguard.is_installed())",
+            "runpy.run_path(sys.argv[1], run_name='sitecustomize')\n" + FIRST_CONNECT + INSTALLED,
             str(Path(BOOTSTRAP) / "sitecustomize.py"),
         ],
         env={"PYTHONPATH": os.pathsep.join([repo, sysconfig.get_paths()["purelib"]])},
@@ -132,3 +131,51 @@ def test_socket_imported_before_the_sitecustomize_runs_is_guarded_at_once():
         timeout=60,
     )
     assert ("True", "") == (done.stdout.strip(), done.stderr)
+
+
+@pytest.mark.parametrize(
+    "first_import",
+    ["urllib.request", "http.client", "xmlrpc.client", "selfguard", "asyncio", "email.message, socket"],
+)
+def test_whatever_imports_socket_first_the_guard_comes_up(first_import):
+    """Installing is left to the first connect, so no import chain is cut in the middle (urllib.request was)."""
+    done = python(f"import {first_import}\n" + FIRST_CONNECT + INSTALLED)
+    assert ("True", "") == (done.stdout.strip(), done.stderr)
+
+
+def test_until_the_first_connect_nothing_heavy_is_imported():
+    """import socket alone puts small stand-ins in place; selfguard and wrapt wait for a connect."""
+    done = python(
+        "import socket, sys\n"
+        "print(sorted(n for n in ('connect', 'connect_ex', 'bind') if n in vars(socket.socket)),"
+        " 'wrapt' in sys.modules, 'selfguard' in sys.modules)"
+    )
+    assert ("['bind', 'connect', 'connect_ex'] False False", "") == (done.stdout.strip(), done.stderr)
+
+
+def test_an_explicit_install_takes_over_from_the_stand_ins():
+    """A program that calls install() itself gets one guard, and uninstall() leaves socket.socket bare."""
+    done = python(
+        "import socket, selfguard\n"
+        "selfguard.install(); selfguard.install()\n"
+        "print(type(vars(socket.socket)['connect']).__name__)\n"
+        "selfguard.uninstall()\n"
+        "print(sorted(n for n in ('connect', 'connect_ex', 'bind', 'getsockopt') if n in vars(socket.socket)))\n"
+        + FIRST_CONNECT
+        + INSTALLED
+    )
+    assert ("FunctionWrapper\n[]\nFalse", "") == (done.stdout.strip(), done.stderr)
+
+
+def test_threads_racing_to_the_first_connect_install_once():
+    """Eight threads' first connects at once: one install, every thread guarded, nothing printed."""
+    done = python(
+        "import socket, threading, selfguard\n"
+        "barrier = threading.Barrier(8)\n"
+        "def first():\n"
+        "    barrier.wait(); socket.socket().connect_ex(('127.0.0.1', 1))\n"
+        "threads = [threading.Thread(target=first) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(selfguard.is_installed(), type(vars(socket.socket)['connect']).__name__)"
+    )
+    assert ("True FunctionWrapper", "") == (done.stdout.strip(), done.stderr)
