@@ -13,6 +13,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Show a real TCP self-connect on this machine, unguarded and then guarded by selfguard.",
         epilog="With no command, runs `selfguard repro` with its defaults.",
     )
+    from ._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"selfguard {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor = commands.add_parser(
         "doctor",
