@@ -78,8 +78,8 @@ async def _sock_connect(
     if options is None or kwargs or len(args) != 2:
         return await wrapped(*args, **kwargs)
     sock, address = args
-    port = address[1] if type(address) is tuple and len(address) >= 2 and type(address[1]) is int else None
-    if port is None:
+    port = _guard.port_of(address)
+    if not port:
         return await wrapped(sock, address)  # not an INET address: the stdlib's error
     delegated = _guard.delegated
     assert delegated is not None  # created by _patch()
@@ -101,6 +101,15 @@ async def _sock_connect(
                 if attempt > options.retries:
                     raise
                 reason = "EADDRNOTAVAIL"
+            except BaseException:
+                # Cancelled (a timeout, a happy-eyeballs race lost) just as the
+                # connect completed: a self-connected socket closed as it is
+                # would keep the server's port in TIME_WAIT. Reset it first.
+                if _guard._low <= port <= _guard._high:
+                    local = _guard._self_connected(sock, port)
+                    if local is not None:
+                        _guard.resolve_self_connect(sock, local, address, API, options.retries + 1, options)
+                raise
             else:
                 if not _guard._low <= port <= _guard._high and not _guard.in_refreshed_range(port):
                     return None  # a kernel-picked port never equals one outside the range

@@ -53,6 +53,10 @@ _range_read_at = float("-inf")
 # the bind costs nothing on connects.
 _user_bound: weakref.WeakSet[Any] = weakref.WeakSet()
 
+# Self-connected sockets handed back on a path that cannot retry (relent,
+# observe): reported once, not at every later SO_ERROR read.
+_handed_back: weakref.WeakSet[Any] = weakref.WeakSet()
+
 # Set while a layer above (asyncio's sock_connect) checks the connects it
 # makes itself, knowing the address it dialled: the SO_ERROR check stands
 # back. Created by that layer when it is first needed.
@@ -115,10 +119,19 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
             # outcome is read later from SO_ERROR (checked there, or by the
             # asyncio layer). Passing straight through spares the EINPROGRESS
             # exception a catch and re-raise (~0.4 us inside asyncio).
-            return wrapped(address)
-        if type(address) is not tuple or len(address) < 2 or type(address[1]) is not int:
+            result = wrapped(address)
+            if returns_code and result != 0:
+                return result
+            # Connected: a loop that completes connects by connecting again
+            # (gevent, Twisted) learns it here instead of from SO_ERROR.
+            return _connected_without_blocking(instance, address, api, result)
+        if type(address) is not tuple or len(address) < 2:
             return wrapped(address)
         port = address[1]
+        if type(port) is not int:
+            port = int_port(port)  # IntEnum and other int subclasses, which the stdlib accepts
+            if not port:
+                return wrapped(address)
         if not _low <= port <= _high and not in_refreshed_range(port):
             return wrapped(address)
 
@@ -151,6 +164,54 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
 
     wrapper.__name__ = wrapper.__qualname__ = f"selfguard_{api}"
     return wrapper
+
+
+def int_port(port: Any) -> int:
+    """The value of a port given as an int subclass (never bool), else 0, without running any of its code."""
+    if isinstance(port, int) and not isinstance(port, bool):
+        return int.__int__(port)  # int's own conversion: an override cannot run
+    return 0
+
+
+def port_of(address: Any) -> int:
+    """The port of a (host, port, ...) address, or 0 when it has none."""
+    if type(address) is not tuple or len(address) < 2:
+        return 0
+    port = address[1]
+    return port if type(port) is int else int_port(port)
+
+
+def _connected_without_blocking(sock: Any, address: Any, api: str, result: Any) -> Any:
+    """A non-blocking connect reported success: check it like a completed one (no retry: nobody waits)."""
+    port = port_of(address)
+    options = _options
+    if not port or options is None or (not _low <= port <= _high and not in_refreshed_range(port)):
+        return result
+    if delegated is not None and delegated.get():
+        return result  # asyncio's sock_connect checks it, and can retry
+    local = _self_connected(sock, port)
+    if local is None or sock in _handed_back:
+        return result
+    if _settle_without_retry(sock, local, address, api, options) is not None:
+        return result
+    if api == "connect_ex":
+        return errno.ECONNREFUSED
+    raise SelfConnectError(address, 1)
+
+
+def _settle_without_retry(
+    sock: Any, local: tuple[Any, ...], address: Any, api: str, options: _config.Options
+) -> Optional[bool]:
+    """resolve_self_connect() for paths that cannot retry: the first attempt is also the last."""
+    outcome = resolve_self_connect(sock, local, address, api, options.retries + 1, options)
+    if outcome is False:
+        # Handed back (relent, observe, or a failed reset): once is enough to
+        # report it, however often the caller asks about this socket again.
+        try:
+            _handed_back.add(sock)
+        except TypeError:
+            pass
+    return outcome
 
 
 def _names(sock: Any) -> tuple[Any, Any]:
@@ -291,7 +352,7 @@ def resolve_self_connect(
         return False
     try:
         disconnect(sock)
-    except OSError as exc:
+    except Exception as exc:  # OSError from the kernel; ImportError without ctypes
         _events.fault("disconnecting a self-connected socket", exc, api)
         return False
     if exhausted:
@@ -341,11 +402,9 @@ def getsockopt_wrapper(
     except OSError:
         return err  # ENOTCONN: still in progress (SO_ERROR is read again later), or gone
     next(_events.checked)
-    if local[:2] != peer[:2] or instance in _user_bound:
+    if local[:2] != peer[:2] or instance in _user_bound or instance in _handed_back:
         return err
-    # Nobody above can retry: the first attempt is also the last.
-    options = _options
-    if resolve_self_connect(instance, local, local, "getsockopt(SO_ERROR)", options.retries + 1, options) is False:
+    if _settle_without_retry(instance, local, local, "getsockopt(SO_ERROR)", _options) is False:
         return 0
     return errno.ECONNREFUSED
 

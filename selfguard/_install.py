@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import _thread
+import os
 import socket
+import sys
 
 import wrapt
 
@@ -48,6 +50,7 @@ def install(**options: Any) -> bool:
 def activate(options: _config.Options) -> None:
     """Patch the current socket.socket class (where not yet patched) and put *options* in force."""
     with lock:
+        _forget_stand_ins()
         cls = socket.socket
         for name, wrapper in _WRAPPERS.items():
             key = (cls, name)
@@ -55,11 +58,6 @@ def activate(options: _config.Options) -> None:
                 del _patched[key]  # someone removed the chain ours was in
             if key not in _patched:
                 before = vars(cls).get(name, _ABSENT)
-                if getattr(before, "_selfguard_deferred", False):
-                    # The sitecustomize's stand-in, waiting for the first
-                    # connect: install() makes it redundant.
-                    delattr(cls, name)
-                    before = _ABSENT
                 _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), before)
         _guard._options = options
         from . import _asyncio  # after the options: its patch reads them
@@ -70,6 +68,7 @@ def activate(options: _config.Options) -> None:
 def uninstall() -> None:
     """Restore socket.socket exactly as it was; a patch someone applied on top survives."""
     with lock:
+        _forget_stand_ins()
         _guard._options = None
         from . import _asyncio
 
@@ -103,6 +102,36 @@ def _reachable(key: tuple[type, str]) -> bool:
         if current is None:
             return False
     return False
+
+
+def _forget_stand_ins() -> None:
+    # selfguard's sitecustomize may have put stand-ins on socket.socket that
+    # wait for the first connect to install the guard: install() and
+    # uninstall() take over from them, so they must go first (and stay gone).
+    forget = getattr(sys.modules.get("sitecustomize"), "selfguard_forget", None)
+    if forget is not None:
+        forget()
+
+
+_guards_for: dict[tuple[Any, str], Any] = {}
+
+
+def guard_for(original: Any, name: str) -> Any:
+    """The guard's wrapper around *original* (a method of a socket class), for the sitecustomize's stand-ins."""
+    key = (original, name)
+    guard = _guards_for.get(key)
+    if guard is None:
+        guard = _guards_for[key] = wrapt.FunctionWrapper(original, _WRAPPERS[name])
+    return guard
+
+
+def _after_fork_in_child() -> None:
+    # A fork while another thread held the lock would leave it held for good.
+    global lock
+    lock = _thread.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def is_installed() -> bool:

@@ -17,10 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def environment(environ: dict[str, str]) -> dict[str, str]:
-    """*environ* with selfguard's sitecustomize first on PYTHONPATH (an existing PYTHONPATH is kept after it)."""
+    """*environ* with selfguard's sitecustomize first on PYTHONPATH (an existing PYTHONPATH is kept after it, as is)."""
     env = dict(environ)
-    entries = [entry for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry and entry != BOOTSTRAP]
-    env["PYTHONPATH"] = os.pathsep.join([BOOTSTRAP, *entries])
+    existing = env.get("PYTHONPATH")
+    # Kept to the letter: an empty entry (":/x", or a trailing ":") means the
+    # current directory, and dropping it would change what the program imports.
+    env["PYTHONPATH"] = BOOTSTRAP + os.pathsep + existing if existing else BOOTSTRAP
     return env
 
 

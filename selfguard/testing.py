@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import struct
@@ -109,6 +110,14 @@ class SelfConnectPlan:
 
 _plans: dict[int, SelfConnectPlan] = {}
 _plans_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _plans_lock
+    _plans_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ further along sys.path (Debian ships one) still runs.
 It costs nothing in a process that never connects: when the program imports
 socket, it only puts small stand-ins on socket.socket's connect, connect_ex
 and bind; the first call of one of them imports selfguard (and wrapt), runs
-install() and carries on through the guard. Installing any earlier -- while
+install() -- which takes the stand-ins off -- and carries on through the guard. Installing any earlier -- while
 socket itself is being imported -- would import wrapt in the middle of
 whatever module imported socket, and wrapt 2 imports asyncio, inspect and
 email, which can be exactly the modules half-way through their own import
@@ -25,52 +25,103 @@ import os
 import sys
 
 _SELFGUARD_DEFERRED = ("connect", "connect_ex", "bind")
-_selfguard_lock = _thread.RLock()
-_selfguard_classes: "list[type]" = []  # classes carrying the stand-ins
+_selfguard_lock = _thread.RLock()  # guards the list below; always taken last (after selfguard's own lock)
+_selfguard_stand_ins: "list[tuple[type, str]]" = []  # where stand-ins sit
+_selfguard_settled = False  # the first call happened, or install()/uninstall() took over
+_selfguard_guarded = False  # whether that first call installed the guard
+_selfguard_importing = False  # whether a first call is importing selfguard right now
 
 
 def _selfguard_report(exc: BaseException) -> None:
     sys.stderr.write(f"selfguard: not active in this process: {type(exc).__name__}: {exc}\n")
 
 
-def _selfguard_activate() -> None:
-    """Take the stand-ins off and install the guard (first connect, connect_ex or bind of the process)."""
+def selfguard_forget() -> None:
+    """Take every stand-in off: install() or uninstall() took over, or the first call has been made.
+
+    selfguard's install() and uninstall() call it. A stand-in someone kept a
+    reference to goes straight to the method it stood in for from then on.
+    """
+    global _selfguard_settled
     with _selfguard_lock:
-        if not _selfguard_classes:
-            return  # another thread was first
-        for cls in _selfguard_classes:
-            for name in _SELFGUARD_DEFERRED:
-                if getattr(vars(cls).get(name), "_selfguard_deferred", False):
-                    delattr(cls, name)
-        del _selfguard_classes[:]
+        for cls, name in _selfguard_stand_ins:
+            if getattr(vars(cls).get(name), "_selfguard_deferred", False):
+                delattr(cls, name)
+        del _selfguard_stand_ins[:]
+        _selfguard_settled = True
+
+
+def _selfguard_first_call() -> None:
+    """The process's first connect, connect_ex or bind: install the guard (once, whichever thread comes first)."""
+    global _selfguard_guarded
+    if _selfguard_settled:
+        return
+    global _selfguard_importing
+    _selfguard_importing = True
+    try:
+        from selfguard import _install
+    except Exception as exc:  # selfguard missing in this interpreter, or broken
+        with _selfguard_lock:
+            if not _selfguard_settled:
+                _selfguard_report(exc)
+                selfguard_forget()
+        return
+    finally:
+        _selfguard_importing = False
+    with _install.lock:  # the order of the two locks is always: selfguard's, then ours
+        if _selfguard_settled:
+            return
         try:
+            _install.install()  # takes the stand-ins off (selfguard_forget)
+            _selfguard_guarded = _install.is_installed()
+        except Exception as exc:
+            _selfguard_report(exc)
+        selfguard_forget()
+
+
+def _selfguard_stand_in(cls: type, name: str) -> object:
+    # The method the stand-in hides, found where the class would find it
+    # without the stand-in. The first call goes on through that method (with
+    # the guard around it), never through getattr(self, name): a subclass
+    # (ssl.SSLSocket) or a patch on top would otherwise run twice.
+    hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
+
+    def stand_in(self: object, *args: object, **kwargs: object) -> object:
+        _selfguard_first_call()
+        method = hidden
+        if _selfguard_guarded:
             from selfguard import _install
 
-            _install.install()
-        except Exception as exc:  # selfguard missing in this interpreter, or a bug of ours
-            _selfguard_report(exc)
-
-
-def _selfguard_stand_in(name: str) -> object:
-    def stand_in(self: object, *args: object, **kwargs: object) -> object:
-        _selfguard_activate()
-        return getattr(self, name)(*args, **kwargs)  # now the guard's wrapper (or the original)
+            method = _install.guard_for(hidden, name)
+        return method.__get__(self, type(self))(*args, **kwargs)
 
     stand_in._selfguard_deferred = True  # type: ignore[attr-defined]
-    stand_in.__name__ = name
+    stand_in.__name__ = stand_in.__qualname__ = name
     return stand_in
 
 
 def selfguard_defer(cls: type) -> None:
     """Put the stand-ins on *cls* (socket.socket; gevent's class too, after its monkey-patching)."""
     with _selfguard_lock:
-        if cls in _selfguard_classes:
+        if _selfguard_settled:
             return
         for name in _SELFGUARD_DEFERRED:
-            if name in vars(cls):  # someone patched it already: leave theirs alone, guard through it later
+            if name in vars(cls):  # someone patched it already: leave theirs alone
                 continue
-            setattr(cls, name, _selfguard_stand_in(name))
-        _selfguard_classes.append(cls)
+            setattr(cls, name, _selfguard_stand_in(cls, name))
+            _selfguard_stand_ins.append((cls, name))
+
+
+def _selfguard_after_fork_in_child() -> None:
+    global _selfguard_lock
+    # A fork while another thread held the lock would leave it held for good.
+    _selfguard_lock = _thread.RLock()
+    if _selfguard_importing:
+        # Forked while another thread was importing selfguard and wrapt: the
+        # child inherits their module import locks, held by a thread it does
+        # not have, so importing them here would hang. Stand aside instead.
+        _selfguard_report(RuntimeError("forked while another thread was importing selfguard"))
+        selfguard_forget()
 
 
 class _SelfguardAfterSocket:
@@ -79,13 +130,14 @@ class _SelfguardAfterSocket:
     def find_spec(self, name: str, path: object = None, target: object = None) -> object:
         if name != "socket":
             return None
-        sys.meta_path.remove(self)  # type: ignore[arg-type]  # once is enough; the finders below must not see us
         for finder in sys.meta_path:
+            if finder is self:  # type: ignore[comparison-overlap]
+                continue
             find_spec = getattr(finder, "find_spec", None)
             spec = find_spec(name, path, target) if find_spec else None
             if spec is not None:
                 if getattr(spec, "loader", None) is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _SelfguardThenDefer(spec.loader)
+                    spec.loader = _SelfguardThenDefer(spec.loader, self)
                 return spec
         return None
 
@@ -93,14 +145,19 @@ class _SelfguardAfterSocket:
 class _SelfguardThenDefer:
     """Loads socket with the real loader, then puts the stand-ins on its socket class."""
 
-    def __init__(self, loader: object) -> None:
+    def __init__(self, loader: object, finder: object) -> None:
         self._loader = loader
+        self._finder = finder
 
     def create_module(self, spec: object) -> object:
         return self._loader.create_module(spec)  # type: ignore[attr-defined]
 
     def exec_module(self, module: object) -> None:
         self._loader.exec_module(module)  # type: ignore[attr-defined]
+        # Only now, socket really imported, is the finder done (a mere
+        # importlib.util.find_spec("socket") probe must not retire it).
+        if self._finder in sys.meta_path:
+            sys.meta_path.remove(self._finder)
         try:
             selfguard_defer(module.socket)  # type: ignore[attr-defined]
         except Exception as exc:
@@ -137,6 +194,7 @@ def _selfguard_boot() -> None:
         sys.meta_path.insert(0, _SelfguardAfterSocket())  # type: ignore[arg-type]  # a duck-typed finder
 
 
+os.register_at_fork(after_in_child=_selfguard_after_fork_in_child)
 try:
     _selfguard_boot()
 except Exception as _exc:  # never stop an interpreter from starting
