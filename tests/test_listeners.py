@@ -93,3 +93,25 @@ def test_remove_listener_stops_the_calls_and_tolerates_unknown_functions(forced,
     with pytest.raises(selfguard.SelfConnectError):
         forced(port).connect(("127.0.0.1", port))
     assert [] == events
+
+
+def test_a_listener_that_connects_is_not_re_entered(forced, free_port):
+    """A listener whose own connect self-connects: that connect is guarded and counted, but not fed back to it."""
+    selfguard.install()
+    outer, inner = free_port(), free_port()
+    received, nested = [], []
+
+    def connects_itself(event):
+        received.append(event.kind)
+        if event.kind == "self_connect" and event.attempt == 1:
+            try:
+                forced(inner).connect(("127.0.0.1", inner))
+            except selfguard.SelfConnectError:
+                nested.append("caught")
+
+    selfguard.add_listener(connects_itself)
+    with pytest.raises(selfguard.SelfConnectError):
+        forced(outer).connect(("127.0.0.1", outer))
+    assert ["caught"] == nested
+    assert ["self_connect", "retry", "self_connect", "retry", "self_connect", "gave_up"] == received
+    assert (6, 2) == (selfguard.stats()["self_connects"], selfguard.stats()["gave_up"])
