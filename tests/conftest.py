@@ -6,7 +6,7 @@ import os
 import socket
 import struct
 import sys
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -16,6 +16,14 @@ from selfguard.testing import can_force_self_connect, force_self_connect
 
 ON_CI = bool(os.environ.get("CI"))
 LINGER_RST = struct.pack("ii", 1, 0)
+
+# Every form of a local address a self-connect shows up with.
+ADDRESS_FORMS = [
+    (socket.AF_INET, "127.0.0.1"),
+    (socket.AF_INET, "0.0.0.0"),
+    (socket.AF_INET6, "::1"),
+    (socket.AF_INET6, "::ffff:127.0.0.1"),
+]
 
 
 def require(condition: bool, reason: str) -> None:
@@ -90,3 +98,23 @@ def can_bind(port: int, host: str = "127.0.0.1") -> bool:
     finally:
         srv.close()
     return True
+
+
+def full_backlog_server(port: int) -> list[socket.socket]:
+    """A listener on *port* whose backlog is full: a further connect to it hangs until its timeout.
+
+    listen(0) with one client not accepted: Linux drops further SYNs. Close
+    both returned sockets when done.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", port))
+    server.listen(0)
+    return [server, socket.create_connection(("127.0.0.1", port))]
+
+
+def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
+    """What *call* returned, or the type, errno and message of what it raised."""
+    try:
+        return ("returned", call())
+    except BaseException as exc:  # the point is to compare every outcome
+        return (type(exc), getattr(exc, "errno", None), str(exc))

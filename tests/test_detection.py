@@ -8,14 +8,7 @@ import pytest
 
 import selfguard
 
-from conftest import close_rst
-
-ADDRESS_FORMS = [
-    (socket.AF_INET, "127.0.0.1"),
-    (socket.AF_INET, "0.0.0.0"),
-    (socket.AF_INET6, "::1"),
-    (socket.AF_INET6, "::ffff:127.0.0.1"),
-]
+from conftest import ADDRESS_FORMS, close_rst
 
 
 @pytest.mark.parametrize(("family", "host"), ADDRESS_FORMS)

@@ -12,6 +12,7 @@ one connect() tries first, so no generated connect can self-connect by chance
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import tempfile
@@ -33,6 +34,7 @@ _stale.bind(UNIX_STALE)
 _stale.close()
 
 _LISTENER = socket.create_server(("127.0.0.1", 0), backlog=4096)
+atexit.register(_LISTENER.close)
 LISTENING = _LISTENER.getsockname()[1]  # inside the range: a port 0 server gets an ephemeral one
 
 

@@ -14,7 +14,7 @@ import pytest
 import selfguard
 from selfguard.testing import can_force_self_connect, set_port_range
 
-from conftest import require
+from conftest import full_backlog_server, require
 
 FORK = r"""
 import json, os, socket, selfguard
@@ -61,14 +61,6 @@ def test_a_forked_child_is_guarded_with_counters_of_its_own():
     assert (3, 1) == (child["end"]["self_connects"], child["end"]["gave_up"])
     assert report["parent_before"] == report["parent_after"]
     assert 3 == report["parent_after"]["self_connects"]
-
-
-def full_backlog_server(port: int) -> list[socket.socket]:
-    """A listener on *port* whose backlog is full: a further connect to it hangs until its timeout."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", port))
-    server.listen(0)
-    return [server, socket.create_connection(("127.0.0.1", port))]
 
 
 @pytest.mark.parametrize("guarded", [False, True])

@@ -12,14 +12,7 @@ import selfguard
 from selfguard._kernel import read_ephemeral_range
 from selfguard.testing import set_port_range
 
-from conftest import can_bind, close_rst
-
-ADDRESS_FORMS = [
-    (socket.AF_INET, "127.0.0.1"),
-    (socket.AF_INET, "0.0.0.0"),
-    (socket.AF_INET6, "::1"),
-    (socket.AF_INET6, "::ffff:127.0.0.1"),
-]
+from conftest import ADDRESS_FORMS, can_bind, close_rst, full_backlog_server
 
 
 @pytest.mark.parametrize(("family", "host"), ADDRESS_FORMS)
@@ -236,13 +229,7 @@ def test_the_timeout_bounds_all_attempts_together(forced, free_port):
 
     def server_with_full_backlog(event):
         if event.kind == "retry":
-            # listen(0) with one unaccepted client: further SYNs are dropped,
-            # so the retry hangs until its timeout.
-            srv = socket.socket()
-            srv.bind(("127.0.0.1", port))
-            srv.listen(0)
-            filler = socket.create_connection(("127.0.0.1", port))
-            held.extend([srv, filler])
+            held.extend(full_backlog_server(port))  # the retry hangs until its timeout
             set_port_range(sock, 0, 0)
             time.sleep(0.5)  # listener time is not charged to the connect
 
@@ -260,16 +247,13 @@ def test_the_timeout_bounds_all_attempts_together(forced, free_port):
 def test_connect_ex_reports_a_timeout_as_cpython_does(forced, free_port):
     """connect_ex() returns the errno CPython returns for a timed-out connect."""
     port = free_port()
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", port))
-    srv.listen(0)
-    filler = socket.create_connection(("127.0.0.1", port))
+    held = full_backlog_server(port)
     probe = socket.socket()
     probe.settimeout(0.2)
     expected = probe.connect_ex(("127.0.0.1", port))  # unguarded, the same situation
     probe.close()
-    srv.close()
-    filler.close()
+    for s in held:
+        s.close()
 
     selfguard.install()
     port = free_port()
@@ -278,10 +262,7 @@ def test_connect_ex_reports_a_timeout_as_cpython_does(forced, free_port):
 
     def server_with_full_backlog(event):
         if event.kind == "retry":
-            s = socket.socket()
-            s.bind(("127.0.0.1", port))
-            s.listen(0)
-            held.extend([s, socket.create_connection(("127.0.0.1", port))])
+            held.extend(full_backlog_server(port))
             set_port_range(sock, 0, 0)
 
     selfguard.add_listener(server_with_full_backlog)
