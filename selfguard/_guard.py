@@ -110,6 +110,15 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
         if _options is None or kind != _SOCK_STREAM or kwargs or len(args) != 1:
             return wrapped(*args, **kwargs)
         address = args[0]
+        if type(address) is not tuple or len(address) < 2:
+            return wrapped(address)
+        port = address[1]
+        if type(port) is not int:
+            port = int_port(port)  # IntEnum and other int subclasses, which the stdlib accepts
+            if not port:
+                return wrapped(address)
+        if not _low <= port <= _high and not in_refreshed_range(port):
+            return wrapped(address)
         try:
             timeout = _timeout(instance)
         except TypeError:
@@ -124,16 +133,7 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
                 return result
             # Connected: a loop that completes connects by connecting again
             # (gevent, Twisted) learns it here instead of from SO_ERROR.
-            return _connected_without_blocking(instance, address, api, result)
-        if type(address) is not tuple or len(address) < 2:
-            return wrapped(address)
-        port = address[1]
-        if type(port) is not int:
-            port = int_port(port)  # IntEnum and other int subclasses, which the stdlib accepts
-            if not port:
-                return wrapped(address)
-        if not _low <= port <= _high and not in_refreshed_range(port):
-            return wrapped(address)
+            return _connected_without_blocking(instance, port, address, api, result)
 
         local = None
         if returns_code:
@@ -181,13 +181,10 @@ def port_of(address: Any) -> int:
     return port if type(port) is int else int_port(port)
 
 
-def _connected_without_blocking(sock: Any, address: Any, api: str, result: Any) -> Any:
+def _connected_without_blocking(sock: Any, port: int, address: Any, api: str, result: Any) -> Any:
     """A non-blocking connect reported success: check it like a completed one (no retry: nobody waits)."""
-    port = port_of(address)
     options = _options
-    if not port or options is None or (not _low <= port <= _high and not in_refreshed_range(port)):
-        return result
-    if delegated is not None and delegated.get():
+    if options is None or (delegated is not None and delegated.get()):
         return result  # asyncio's sock_connect checks it, and can retry
     local = _self_connected(sock, port)
     if local is None or sock in _handed_back:
