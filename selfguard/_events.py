@@ -142,19 +142,7 @@ def publish(event: Event) -> float:
         _log(event)
     except Exception:  # a broken handler or formatter; nothing to log it with
         pass
-    if _listeners and not getattr(_delivering, "active", False):
-        # A listener that connects can meet a self-connect itself; the events
-        # of that connect are counted and logged, but not handed back to the
-        # listeners, or a listener could recurse without end.
-        _delivering.active = True
-        try:
-            for fn in _listeners:
-                try:
-                    fn(event)
-                except Exception as exc:
-                    fault(f"listener {fn!r}", exc, event.api, "the guard carries on; each failing call is a fault")
-        finally:
-            _delivering.active = False
+    _deliver(event, report_errors=True)
     return time.monotonic() - started
 
 
@@ -178,15 +166,27 @@ def fault(
             )
         except Exception:
             pass
-    if getattr(_delivering, "active", False):
-        return  # the fault of a listener (or of a connect it made): not handed back to the listeners
+    if _listeners:
+        _deliver(Event("fault", api, None, None, 0, f"{what}: {type(exc).__name__}: {exc}"), report_errors=False)
+
+
+def _deliver(event: Event, report_errors: bool) -> None:
+    """Hand *event* to the listeners; an exception from one is a fault (or, for fault events, dropped).
+
+    A listener that connects can meet a self-connect itself: the events of
+    that connect (and faults during a listener call) are counted and logged,
+    but not handed back to the listeners, or a listener could recurse without end.
+    """
+    if not _listeners or getattr(_delivering, "active", False):
+        return
     _delivering.active = True
     try:
         for fn in _listeners:
             try:
-                fn(Event("fault", api, None, None, 0, f"{what}: {type(exc).__name__}: {exc}"))
-            except Exception:
-                pass  # a listener failing on a fault event is not reported again
+                fn(event)
+            except Exception as exc:
+                if report_errors:
+                    fault(f"listener {fn!r}", exc, event.api, "the guard carries on; each failing call is a fault")
     finally:
         _delivering.active = False
 

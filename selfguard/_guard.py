@@ -211,13 +211,6 @@ def _settle_without_retry(
     return outcome
 
 
-def _names(sock: Any) -> tuple[Any, Any]:
-    """getsockname() and getpeername() of *sock*, through the C methods where possible."""
-    if isinstance(sock, _socket.socket):
-        return _getsockname(sock), _getpeername(sock)
-    return sock.getsockname(), sock.getpeername()
-
-
 def _inet(sock: Any) -> bool:
     try:
         return _family(sock) in _INET_FAMILIES
@@ -240,7 +233,7 @@ def _self_connected(sock: Any, port: int) -> Optional[tuple[Any, ...]]:
     if local[1] != port or not _inet(sock):
         return None
     try:
-        _, peer = _names(sock)
+        peer = _getpeername(sock) if isinstance(sock, _socket.socket) else sock.getpeername()
     except OSError:
         return None  # ENOTCONN: the connection is already gone; not a self-connect
     if local[:2] != peer[:2] or sock in _user_bound:
