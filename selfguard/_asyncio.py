@@ -7,9 +7,10 @@ import sys
 
 import wrapt
 
-from . import _events, _guard
+from ._detect import port_of, self_connected
 from ._errors import SelfConnectError
-from ._events import Event
+from ._policy import Action, on_addrnotavail, on_self_connect, retrying
+from ._state import in_range, state
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
 # imported it already, and every annotation here is a string (PEP 563) never evaluated.
@@ -41,12 +42,8 @@ def watch() -> None:
 
 def _patch(module: Any) -> None:
     global _patched
-    if _guard._options is None or _patched is not None:
+    if state.options is None or _patched is not None:
         return
-    if _guard.delegated is None:
-        import contextvars
-
-        _guard.delegated = contextvars.ContextVar("selfguard_delegated", default=False)
     cls = module.BaseSelectorEventLoop
     before = vars(cls)["sock_connect"]
     _patched = (cls, wrapt.wrap_function_wrapper(cls, "sock_connect", _sock_connect), before)
@@ -69,60 +66,50 @@ async def _sock_connect(
 ) -> Any:
     """Await the real sock_connect; when it connected the socket to itself, retry on the same socket.
 
-    The same rules as for blocking sockets (_guard._retry): reset in place,
-    at most `retries` more attempts, then SelfConnectError -- and a spurious
-    EADDRNOTAVAIL is retried too. Knowing the dialled port, the check costs one
-    getsockname(); the SO_ERROR check below stands back meanwhile.
+    The policy decides, as for blocking sockets: reset in place, at most
+    `retries` more attempts, then SelfConnectError; a spurious EADDRNOTAVAIL
+    is retried too. Knowing the dialled port, the check costs one
+    getsockname(); the SO_ERROR check stands back meanwhile.
     """
-    options = _guard._options
-    if options is None or kwargs or len(args) != 2:
+    if state.options is None or kwargs or len(args) != 2:
         return await wrapped(*args, **kwargs)
     sock, address = args
-    port = _guard.port_of(address)
+    port = port_of(address)
     if not port:
         return await wrapped(sock, address)  # not an INET address: the stdlib's error
-    delegated = _guard.delegated
-    assert delegated is not None  # created by _patch()
-    token = delegated.set(True)
+    token = state.delegated.set(True)
     try:
         attempt = 1
         while True:
             try:
                 await wrapped(sock, address)
             except OSError as exc:
-                if not (
-                    exc.errno == errno.EADDRNOTAVAIL
-                    and options.retry_addrnotavail
-                    and sock not in _guard._user_bound
-                    and (_guard._low <= port <= _guard._high or _guard.in_refreshed_range(port))
-                ):
+                if exc.errno != errno.EADDRNOTAVAIL:
                     raise
-                _events.publish(Event("addrnotavail", API, None, address, attempt))
-                if attempt > options.retries:
+                if on_addrnotavail(sock, port, address, API, attempt, can_retry=True) is not Action.RETRY:
                     raise
                 reason = "EADDRNOTAVAIL"
             except BaseException:
                 # Cancelled (a timeout, a happy-eyeballs race lost) just as the
                 # connect completed: a self-connected socket closed as it is
-                # would keep the server's port in TIME_WAIT. Reset it first.
-                if _guard._low <= port <= _guard._high:
-                    local = _guard._self_connected(sock, port)
-                    if local is not None:
-                        _guard.resolve_self_connect(sock, local, address, API, options.retries + 1, options)
+                # would keep the server's port in TIME_WAIT. Nobody will retry.
+                local = self_connected(sock, port) if in_range(port) else None
+                if local is not None:
+                    on_self_connect(sock, local, address, API, attempt, can_retry=False)
                 raise
             else:
-                if not _guard._low <= port <= _guard._high and not _guard.in_refreshed_range(port):
+                if not in_range(port):
                     return None  # a kernel-picked port never equals one outside the range
-                local = _guard._self_connected(sock, port)
+                local = self_connected(sock, port)
                 if local is None:
                     return None
-                retry = _guard.resolve_self_connect(sock, local, address, API, attempt, options)
-                if retry is None:
+                action = on_self_connect(sock, local, address, API, attempt, can_retry=True)
+                if action is Action.REFUSE:
                     raise SelfConnectError(address, attempt)
-                if not retry:
+                if action is Action.HAND_BACK:
                     return None
                 reason = "self-connect"
             attempt += 1
-            _events.publish(Event("retry", API, None, address, attempt, reason))
+            retrying(API, address, attempt, reason)
     finally:
-        delegated.reset(token)
+        state.delegated.reset(token)

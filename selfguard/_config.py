@@ -153,6 +153,11 @@ def enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
 _warned: set[tuple[str, str]] = set()
 
 
+def forget_warnings() -> None:
+    """Warn again about values already warned about (for tests: see selfguard.testing.reset)."""
+    _warned.clear()
+
+
 def _warn_once(variable: str, raw: str, problem: str, default: str) -> None:
     if (variable, raw) in _warned:
         return

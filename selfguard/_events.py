@@ -110,6 +110,14 @@ def reset_stats() -> None:
         checked = itertools.count()
 
 
+def forget() -> None:
+    """Drop every listener and forget which faults were logged (for tests: see selfguard.testing.reset)."""
+    global _listeners
+    with _lock:
+        _listeners = ()
+        _logged_once.clear()
+
+
 def add_listener(fn: Listener) -> None:
     """Call *fn* with every Event, on the connecting thread, as it happens.
 

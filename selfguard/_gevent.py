@@ -6,7 +6,8 @@ import socket
 import sys
 from typing import Any
 
-from . import _guard, _install
+from . import _install
+from ._state import state
 
 
 def did_patch_module(event: Any) -> None:
@@ -21,8 +22,8 @@ def did_patch_module(event: Any) -> None:
     if getattr(event, "module_name", None) != "socket":
         return
     with _install.lock:
-        if _guard._options is not None:
-            _install.activate(_guard._options)
+        if state.options is not None:
+            _install.activate(state.options)
             return
     # Not installed yet, but selfguard's sitecustomize may be waiting for the
     # first connect: let gevent's class wait with it.

@@ -9,7 +9,9 @@ import sys
 
 import wrapt
 
-from . import _config, _guard
+from . import _config, _state
+from ._connect import bind_wrapper, make_connect_wrapper
+from ._nonblocking import getsockopt_wrapper
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
 # imported it already, and every annotation here is a string (PEP 563) never evaluated.
@@ -18,10 +20,10 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 _WRAPPERS: dict[str, Callable[..., Any]] = {
-    "connect": _guard.make_connect_wrapper("connect"),
-    "connect_ex": _guard.make_connect_wrapper("connect_ex"),
-    "getsockopt": _guard.getsockopt_wrapper,
-    "bind": _guard.bind_wrapper,
+    "connect": make_connect_wrapper("connect"),
+    "connect_ex": make_connect_wrapper("connect_ex"),
+    "getsockopt": getsockopt_wrapper,
+    "bind": bind_wrapper,
 }
 lock = _thread.RLock()
 # (class, name) -> (the FunctionWrapper we put there, what vars() held before).
@@ -59,7 +61,7 @@ def activate(options: _config.Options) -> None:
             if key not in _patched:
                 before = vars(cls).get(name, _ABSENT)
                 _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), before)
-        _guard._options = options
+        _state.set_options(options)
         from . import _asyncio  # after the options: its patch reads them
 
         _asyncio.watch()
@@ -69,7 +71,7 @@ def uninstall() -> None:
     """Restore socket.socket exactly as it was; a patch someone applied on top survives."""
     with lock:
         _forget_stand_ins()
-        _guard._options = None
+        _state.set_options(None)
         from . import _asyncio
 
         _asyncio.unpatch()
@@ -86,8 +88,7 @@ def uninstall() -> None:
             elif not _reachable(key):
                 del _patched[key]  # someone already removed it
             # Otherwise someone wrapped ours: removing it would remove theirs
-            # too. Ours stays in their chain as a passthrough (_options is
-            # None) and the next install() reuses it.
+            # too. Ours stays in their chain as a passthrough (no options) and the next install() reuses it.
 
 
 def _reachable(key: tuple[type, str]) -> bool:
@@ -136,4 +137,4 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def is_installed() -> bool:
     """Tell whether the guard is active in this process."""
-    return _guard._options is not None
+    return _state.state.options is not None

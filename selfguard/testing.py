@@ -12,8 +12,9 @@ from typing import Any, Callable, Container, Iterator, Optional
 
 import wrapt
 
-from . import _guard, _install
+from . import _config, _events, _install, _state
 from ._kernel import read_ephemeral_range, read_reserved_ports
+from ._state import state
 
 # linux/in.h: IP_LOCAL_PORT_RANGE (Linux >= 6.3). Python has no constant.
 # Honoured on AF_INET6 sockets too, at level IPPROTO_IP.
@@ -26,8 +27,29 @@ __all__ = [
     "force_self_connect",
     "force_self_connects",
     "free_port",
+    "options",
+    "reset",
     "set_port_range",
 ]
+
+
+def reset() -> None:
+    """Put the guard back as a fresh process has it: uninstalled, counters at zero, no listeners.
+
+    Also forgets the cached ephemeral range, the sockets it remembered, which
+    faults were logged and which bad SELFGUARD_* values were warned about.
+    For test suites: call it before and after each test that installs the guard.
+    """
+    _install.uninstall()
+    _events.reset_stats()
+    _events.forget()
+    _config.forget_warnings()
+    _state.reset()
+
+
+def options() -> Optional[_config.Options]:
+    """The options in force (mode, retries, retry_addrnotavail), or None while the guard is not installed."""
+    return state.options
 
 
 def force_self_connect(sock: socket.socket, port: int) -> None:
@@ -160,7 +182,7 @@ def _below_the_guard(change: Callable[[], None]) -> None:
     # guard's retries passes through it and is counted as an attempt; so the
     # guard steps aside while the wrapper goes on or comes off.
     with _install.lock:
-        options = _guard._options
+        options = state.options
         _install.uninstall()
         change()
         if options is not None:

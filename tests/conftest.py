@@ -10,8 +10,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-import selfguard
-from selfguard import _config, _events, testing
+from selfguard import testing
 from selfguard.testing import can_force_self_connect, force_self_connect
 
 ON_CI = bool(os.environ.get("CI"))
@@ -38,15 +37,9 @@ def require(condition: bool, reason: str) -> None:
 @pytest.fixture(autouse=True)
 def clean_guard() -> Iterator[None]:
     """Every test starts and ends with the guard off, counters at zero and no listeners."""
-    selfguard.uninstall()
-    selfguard.reset_stats()
+    testing.reset()
     yield
-    selfguard.uninstall()
-    selfguard.reset_stats()
-    for fn in _events._listeners:
-        selfguard.remove_listener(fn)
-    _events._logged_once.clear()
-    _config._warned.clear()
+    testing.reset()
 
 
 @pytest.fixture

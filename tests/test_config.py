@@ -7,7 +7,7 @@ import warnings
 import pytest
 
 import selfguard
-from selfguard import _config, _guard
+from selfguard import _config, testing
 
 
 def test_defaults():
@@ -94,7 +94,7 @@ def test_install_reads_the_environment(monkeypatch):
     """install() without arguments takes SELFGUARD_* from os.environ."""
     monkeypatch.setenv("SELFGUARD_RETRIES", "7")
     selfguard.install()
-    assert 7 == _guard._options.retries
+    assert 7 == testing.options().retries
 
 
 def test_a_bad_environment_value_is_reported_once_per_process():
@@ -119,7 +119,7 @@ def test_install_again_resolves_every_option_afresh():
     """Options not passed to a later install() come from the environment or the defaults again."""
     selfguard.install(mode="relent", retries=4)
     selfguard.install(retries=1)
-    assert _config.Options("enforce", 1, True) == _guard._options
+    assert _config.Options("enforce", 1, True) == testing.options()
 
 
 def test_the_bool_default_is_written_as_in_the_environment():

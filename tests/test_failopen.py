@@ -13,7 +13,7 @@ import socket
 import pytest
 
 import selfguard
-from selfguard import _guard, _kernel
+from selfguard import _detect, _kernel, _policy, testing
 
 
 def _fails(*args):
@@ -22,7 +22,7 @@ def _fails(*args):
 
 def test_disconnect_unavailable_returns_the_connect_as_the_stdlib_would(forced, free_port, monkeypatch, caplog):
     """Without the in-place disconnect the guard cannot retry: the self-connected socket comes back, as unguarded."""
-    monkeypatch.setattr(_guard, "disconnect", _fails)
+    monkeypatch.setattr(_policy, "disconnect", _fails)
     selfguard.install()
     for _ in range(2):
         port = free_port()
@@ -35,7 +35,7 @@ def test_disconnect_unavailable_returns_the_connect_as_the_stdlib_would(forced, 
 
 def test_getsockname_failing_leaves_the_connect_untouched(monkeypatch, caplog):
     """If the check itself fails, the connect's own result stands."""
-    monkeypatch.setattr(_guard, "_getsockname", _fails)
+    monkeypatch.setattr(_detect, "_getsockname", _fails)
     selfguard.install()
     with socket.create_server(("127.0.0.1", 0)) as srv:
         for _ in range(2):
@@ -49,14 +49,18 @@ def test_getsockname_failing_leaves_the_connect_untouched(monkeypatch, caplog):
 def test_an_unreadable_range_checks_every_port(forced, free_port, monkeypatch, caplog):
     """With /proc unreadable (not Linux, a sandbox) every TCP port is checked: slower, never blind."""
     port = free_port()
+    low = _kernel.read_ephemeral_range()[0]
     monkeypatch.setattr(_kernel, "RANGE_FILE", "/nonexistent/ip_local_port_range")
-    monkeypatch.setattr(_guard, "_low", 0)
-    monkeypatch.setattr(_guard, "_high", -1)
-    monkeypatch.setattr(_guard, "_range_read_at", float("-inf"))
+    testing.reset()  # forget the range read so far
     selfguard.install()
     with pytest.raises(selfguard.SelfConnectError):
         forced(port).connect(("127.0.0.1", port))
-    assert (1, 65535) == (_guard._low, _guard._high)
+    with socket.socket() as server:  # a port below the real range, which the guard would otherwise skip
+        server.bind(("127.0.0.1", testing.free_port(1024, low - 1)))
+        server.listen()
+        before = selfguard.stats()["checked"]
+        socket.create_connection(server.getsockname(), timeout=5).close()
+        assert before + 1 == selfguard.stats()["checked"]
     assert 1 == selfguard.stats()["faults"]
     assert 1 == sum("ephemeral port range" in r.getMessage() for r in caplog.records)
 

@@ -15,7 +15,7 @@ import warnings
 import pytest
 
 import selfguard
-from selfguard import _config
+from selfguard import _config, testing
 from selfguard._run import BOOTSTRAP
 
 HOSTILE = [
@@ -48,7 +48,7 @@ def test_install_survives_every_hostile_value(monkeypatch, variable, value):
         assert selfguard.install() is True
         selfguard.install()  # a second install(): still one warning in all
     assert selfguard.is_installed()
-    assert _config.Options() == selfguard._install._guard._options
+    assert _config.Options() == testing.options()
     blank = not value.strip()
     assert (0 if blank else 1) == len(record), [str(w.message) for w in record]
     if record:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import selfguard
-from selfguard import _guard
+from selfguard import testing
 from selfguard.testing import can_force_self_connect, force_self_connect
 
 from conftest import close_rst, require
@@ -47,11 +47,9 @@ def worker(port: int, forced: bool, barrier: threading.Barrier, seen: list[str])
 
 
 @pytest.fixture
-def cold_range_cache(monkeypatch):
+def cold_range_cache():
     """Start as a fresh process does: no ephemeral range known yet, all threads asking at once."""
-    monkeypatch.setattr(_guard, "_low", 0)
-    monkeypatch.setattr(_guard, "_high", -1)
-    monkeypatch.setattr(_guard, "_range_read_at", float("-inf"))
+    testing.reset()
 
 
 def test_sixteen_threads_half_of_them_meeting_self_connects(free_port, cold_range_cache):

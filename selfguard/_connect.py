@@ -1,0 +1,197 @@
+"""The wrappers of socket.connect, connect_ex and bind, and the retry loop of a blocking connect."""
+
+from __future__ import annotations
+
+import _socket
+import errno
+import socket
+import time
+
+from ._detect import port_of, self_connected
+from ._errors import SelfConnectError
+from ._nonblocking import connected_without_blocking
+from ._policy import Action, on_addrnotavail, on_self_connect, retrying
+from ._state import in_range, remember, state
+
+# Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
+# imported it already, and every annotation here is a string (PEP 563) never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, Union
+
+# C-level accessors: socket.socket.type builds an enum on every read (~1 us).
+# They raise TypeError for classes not derived from _socket.socket (gevent's).
+_type = _socket.socket.type.__get__
+_timeout = _socket.socket.timeout.__get__
+_monotonic = time.monotonic
+_SOCK_STREAM = int(socket.SOCK_STREAM)
+_EADDRNOTAVAIL = errno.EADDRNOTAVAIL
+# A retry is a local, immediate connect (~20-60 us on loopback). With less of
+# the caller's timeout left than this, no retry is made: the caller is told
+# what the last attempt found (EADDRNOTAVAIL as it was, or ECONNREFUSED for a
+# self-connect) rather than a timeout the stdlib would never have raised.
+MIN_RETRY_BUDGET = 0.001
+
+
+def _kind(sock: Any) -> Any:
+    """The socket's type as a plain int, or None for an object that is no socket (the stdlib rejects it)."""
+    try:
+        return _type(sock)
+    except TypeError:  # a socket class not derived from _socket.socket (gevent's), or no socket at all
+        return getattr(sock, "type", None)
+
+
+def make_connect_wrapper(api: str) -> Callable[..., Any]:
+    """Build the wrapper for socket.socket.connect or .connect_ex.
+
+    It runs on every connect of the process, so it is written for speed: it
+    rejects UDP and unusual calls first, reads only what is already in memory
+    before the real call (the user's arguments are left for the stdlib to
+    validate, with its own errors), makes the first attempt inline and leaves
+    everything rare -- a self-connect, EADDRNOTAVAIL, a non-blocking connect
+    -- to other functions.
+    """
+    returns_code = api == "connect_ex"
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if state.options is None or kwargs or len(args) != 1 or _kind(instance) != _SOCK_STREAM:
+            return wrapped(*args, **kwargs)
+        address = args[0]
+        port = port_of(address)
+        if not port or not in_range(port):
+            return wrapped(address)
+        try:
+            timeout = _timeout(instance)
+        except TypeError:
+            timeout = instance.gettimeout()
+        if timeout == 0.0:
+            # Non-blocking: on Linux the connect returns EINPROGRESS and its
+            # outcome is read later from SO_ERROR (checked there, or by the
+            # asyncio layer). Passing straight through spares the EINPROGRESS
+            # exception a catch and re-raise (~0.4 us inside asyncio).
+            result = wrapped(address)
+            if returns_code and result != 0:
+                return result
+            # Connected: a loop that completes connects by connecting again
+            # (gevent, Twisted) learns it here instead of from SO_ERROR.
+            return connected_without_blocking(instance, port, address, api, result)
+
+        if returns_code:
+            code = wrapped(address)
+            if code == 0:
+                local = self_connected(instance, port)
+                if local is None:
+                    return 0
+                return _retry(wrapped, instance, address, port, api, timeout, local)
+            if code != _EADDRNOTAVAIL:
+                return code
+            return _retry(wrapped, instance, address, port, api, timeout, code)
+
+        try:
+            wrapped(address)
+        except OSError as exc:
+            if exc.errno != _EADDRNOTAVAIL:
+                raise
+            found: Union[tuple[Any, ...], OSError] = exc
+        else:
+            local = self_connected(instance, port)
+            if local is None:
+                return None
+            found = local
+        # Outside the except block, so a later attempt's exception is not
+        # chained to the first one: callers see it as the stdlib raised it.
+        _retry(wrapped, instance, address, port, api, timeout, found)
+        return None
+
+    wrapper.__name__ = wrapper.__qualname__ = f"selfguard_{api}"
+    return wrapper
+
+
+def _retry(
+    wrapped: Callable[..., Any],
+    sock: Any,
+    address: Any,
+    port: int,
+    api: str,
+    timeout: Optional[float],
+    found: Union[tuple[Any, ...], int, OSError],
+) -> int:
+    """Handle an attempt that self-connected (*found* is the local address) or hit EADDRNOTAVAIL (the errno or error).
+
+    Asks the policy after each such attempt, and does what it says. Returns 0
+    (connected, to someone else unless the policy handed a self-connected
+    socket back) or, for connect_ex, an errno; for connect every error is
+    raised, the stdlib's own exception where there is one.
+
+    The socket's timeout bounds the whole call, time spent in listeners and
+    log handlers included, as Go's dialer has one deadline for everything;
+    the clock starts at the first finding, since both reasons to retry are
+    local and immediate.
+    """
+    deadline = None if timeout is None else _monotonic() + timeout
+    attempt = 1
+    try:
+        while True:
+            remaining = None if deadline is None else deadline - _monotonic()
+            can_retry = remaining is None or remaining >= MIN_RETRY_BUDGET
+            if isinstance(found, tuple):
+                action = on_self_connect(sock, found, address, api, attempt, can_retry)
+                if action is Action.REFUSE:
+                    return _fail(errno.ECONNREFUSED if api == "connect_ex" else SelfConnectError(address, attempt))
+                if action is Action.HAND_BACK:
+                    return 0
+                reason = "self-connect"
+            elif on_addrnotavail(sock, port, address, api, attempt, can_retry) is Action.RETRY:
+                reason = "EADDRNOTAVAIL"
+            else:
+                return _fail(found)
+            attempt += 1
+            retrying(api, address, attempt, reason)
+            if deadline is not None:
+                # Listeners may have spent the rest: the attempt still gets its
+                # minimum, so the deadline is overshot by at most that much.
+                sock.settimeout(max(deadline - _monotonic(), MIN_RETRY_BUDGET))
+            found = _attempt(wrapped, address, api)
+            if found == 0:
+                local = self_connected(sock, port)
+                if local is None:
+                    return 0
+                found = local
+            elif _errno(found) != _EADDRNOTAVAIL:
+                return _fail(found)
+    finally:
+        if deadline is not None and attempt > 1:
+            try:
+                sock.settimeout(timeout)
+            except OSError:
+                pass  # closed by another thread meanwhile; nothing left to restore
+
+
+def _attempt(wrapped: Callable[..., Any], address: Any, api: str) -> Union[int, OSError]:
+    """One more call of the real method: 0, connect_ex's errno, or the exception connect raised."""
+    if api == "connect_ex":
+        return int(wrapped(address))
+    try:
+        wrapped(address)
+    except OSError as exc:
+        return exc
+    return 0
+
+
+def _errno(error: Union[int, OSError]) -> Optional[int]:
+    return error if isinstance(error, int) else error.errno
+
+
+def _fail(error: Union[int, BaseException]) -> int:
+    """Raise *error* if it is an exception, else return it as connect_ex's errno."""
+    if isinstance(error, BaseException):
+        raise error
+    return int(error)
+
+
+def bind_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Remember a socket bound to an explicit port, once the stdlib accepted the address: never the guard's to judge."""
+    result = wrapped(*args, **kwargs)
+    if args and port_of(args[0]):
+        remember(state.user_bound, instance)
+    return result

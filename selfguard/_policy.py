@@ -1,0 +1,92 @@
+"""The connect policy: every path that meets a self-connect or a spurious EADDRNOTAVAIL asks here what to do.
+
+Blocking connects, asyncio's sock_connect, a non-blocking connect completed
+by SO_ERROR or by a second connect, and any path added later all call the two
+functions below, and do what the returned Action says. Events, counters,
+the in-place reset and the "each handed-back socket is reported once" rule
+all follow from here, so they are the same on every path.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from . import _events
+from ._detect import is_inet
+from ._events import Event
+from ._kernel import disconnect
+from ._state import in_range, remember, state
+
+# Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
+# imported it already, and every annotation here is a string (PEP 563) never evaluated.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class Action(enum.Enum):
+    """What the caller does next."""
+
+    RETRY = "retry"  # the socket was reset in place: connect it again
+    HAND_BACK = "hand back"  # give the caller what the kernel gave (a self-connected socket, the error)
+    REFUSE = "refuse"  # the socket was reset and no retry is left: report ECONNREFUSED (SelfConnectError)
+
+
+def on_self_connect(sock: Any, local: Any, address: Any, api: str, attempt: int, can_retry: bool) -> Action:
+    """Decide what follows attempt number *attempt* of *api*, which connected *sock* to itself.
+
+    *can_retry* is False on paths where nobody waits to connect again (a
+    non-blocking connect completed out of sight, a cancelled one, a timeout
+    budget that is spent): the first attempt is then also the last. In
+    "enforce" the socket is reset in place (RST: the port is free at once)
+    before anything is reported, so a listener or log handler that raises
+    cannot leave it connected to itself.
+    """
+    options = state.options
+    if options is None:
+        return Action.HAND_BACK  # uninstalled meanwhile: touch nothing
+    last = not can_retry or attempt > options.retries
+    mode = options.mode
+    kinds = ["self_connect"]
+    if mode == "observe" or (last and mode == "relent"):
+        action = Action.HAND_BACK
+        if mode == "relent":
+            kinds.append("relented")
+    else:
+        try:
+            disconnect(sock)
+        except Exception as exc:  # OSError from the kernel; ImportError without ctypes
+            _events.fault("disconnecting a self-connected socket", exc, api)
+            action = Action.HAND_BACK
+        else:
+            action = Action.REFUSE if last else Action.RETRY
+            if last:
+                kinds.append("gave_up")
+    if action is Action.HAND_BACK:
+        remember(state.handed_back, sock)
+    for kind in kinds:
+        _events.publish(Event(kind, api, local, address, attempt))
+    return action
+
+
+def on_addrnotavail(sock: Any, port: int, address: Any, api: str, attempt: int, can_retry: bool) -> Action:
+    """Decide what follows an attempt that failed with EADDRNOTAVAIL: RETRY or HAND_BACK (the error as it is).
+
+    Go's dialer retries it too: with a kernel-picked port it can be spurious
+    (the port it picked was in TIME_WAIT towards that very address). Outside
+    the ephemeral range, or on a socket the user bound, it cannot be.
+    """
+    options = state.options
+    if options is None or not options.retry_addrnotavail or not in_range(port) or not is_inet(sock):
+        return Action.HAND_BACK
+    if sock in state.user_bound:
+        return Action.HAND_BACK
+    _events.publish(Event("addrnotavail", api, None, address, attempt))
+    if not can_retry or attempt > options.retries:
+        return Action.HAND_BACK  # EADDRNOTAVAIL every time: report the last one as it was
+    return Action.RETRY
+
+
+def retrying(api: str, address: Any, attempt: int, reason: str) -> None:
+    """Report that attempt number *attempt* is about to be made, and why."""
+    _events.publish(Event("retry", api, None, address, attempt, reason))
