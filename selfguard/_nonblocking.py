@@ -34,8 +34,8 @@ _REFUSED_BYTES = errno.ECONNREFUSED.to_bytes(4, sys.byteorder)
 
 def connected_without_blocking(sock: Any, port: int, address: Any, api: str, result: Any) -> Any:
     """A non-blocking connect reported success: check it like a completed one, but with no retry."""
-    if state.delegated.get() or sock in state.handed_back:
-        return result  # asyncio's sock_connect checks it itself (and can retry); or already reported
+    if state.delegated.get():
+        return result  # asyncio's sock_connect checks it itself, and can retry
     local = self_connected(sock, port)
     if local is None or on_self_connect(sock, local, address, api, 1, can_retry=False) is Action.HAND_BACK:
         return result
@@ -61,8 +61,6 @@ def getsockopt_wrapper(
         if _type(instance) != _SOCK_STREAM:
             return value
     except TypeError:  # gevent's class: its connects are blocking-style, checked in connect()
-        return value
-    if instance in state.handed_back:
         return value
     local = self_connected(instance)
     if local is None:

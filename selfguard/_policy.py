@@ -43,8 +43,8 @@ def on_self_connect(sock: Any, local: Any, address: Any, api: str, attempt: int,
     cannot leave it connected to itself.
     """
     options = state.options
-    if options is None:
-        return Action.HAND_BACK  # uninstalled meanwhile: touch nothing
+    if options is None or sock in state.handed_back:
+        return Action.HAND_BACK  # uninstalled meanwhile, or handed back before: reported once is enough
     last = not can_retry or attempt > options.retries
     mode = options.mode
     kinds = ["self_connect"]
