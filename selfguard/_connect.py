@@ -7,7 +7,7 @@ import errno
 import socket
 import time
 
-from ._detect import port_of, self_connected
+from ._detect import kind, port_of, self_connected
 from ._errors import SelfConnectError
 from ._nonblocking import connected_without_blocking
 from ._policy import Action, on_addrnotavail, on_self_connect, retrying
@@ -19,9 +19,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional, Union
 
-# C-level accessors: socket.socket.type builds an enum on every read (~1 us).
-# They raise TypeError for classes not derived from _socket.socket (gevent's).
-_type = _socket.socket.type.__get__
+# The C-level accessor: socket.socket.gettimeout() costs a method call. It
+# raises TypeError for classes not derived from _socket.socket (gevent's).
 _timeout = _socket.socket.timeout.__get__
 _monotonic = time.monotonic
 _SOCK_STREAM = int(socket.SOCK_STREAM)
@@ -31,14 +30,6 @@ _EADDRNOTAVAIL = errno.EADDRNOTAVAIL
 # what the last attempt found (EADDRNOTAVAIL as it was, or ECONNREFUSED for a
 # self-connect) rather than a timeout the stdlib would never have raised.
 MIN_RETRY_BUDGET = 0.001
-
-
-def _kind(sock: Any) -> Any:
-    """The socket's type as a plain int, or None for an object that is no socket (the stdlib rejects it)."""
-    try:
-        return _type(sock)
-    except TypeError:  # a socket class not derived from _socket.socket (gevent's), or no socket at all
-        return getattr(sock, "type", None)
 
 
 def make_connect_wrapper(api: str) -> Callable[..., Any]:
@@ -54,7 +45,7 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
     returns_code = api == "connect_ex"
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if state.options is None or kwargs or len(args) != 1 or _kind(instance) != _SOCK_STREAM:
+        if state.options is None or kwargs or len(args) != 1 or kind(instance) != _SOCK_STREAM:
             return wrapped(*args, **kwargs)
         address = args[0]
         port = port_of(address)

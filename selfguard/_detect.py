@@ -15,10 +15,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Optional
 
-# The C-level accessors: socket.socket.family builds an enum on every read
-# (~1 us); this returns the plain int. It raises TypeError for socket classes
-# that do not derive from _socket.socket (gevent's).
+# The C-level accessors: socket.socket.family and .type build an enum on every
+# read (~1 us each); these return the plain int. They raise TypeError for
+# socket classes that do not derive from _socket.socket (gevent's).
 _family = _socket.socket.family.__get__
+_type = _socket.socket.type.__get__
 _getsockname = _socket.socket.getsockname
 _getpeername = _socket.socket.getpeername
 INET_FAMILIES = (int(socket.AF_INET), int(socket.AF_INET6))
@@ -42,6 +43,14 @@ def port_of(address: Any) -> int:
         return operator.index(port)
     except Exception:
         return 0
+
+
+def kind(sock: Any) -> Any:
+    """The socket's type as a plain int, or None for an object that is no socket (the stdlib then rejects it)."""
+    try:
+        return _type(sock)
+    except TypeError:  # a socket class not derived from _socket.socket (gevent's), or no socket at all
+        return getattr(sock, "type", None)
 
 
 def is_inet(sock: Any) -> bool:

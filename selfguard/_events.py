@@ -6,7 +6,6 @@ import _thread
 import collections
 import itertools
 import os
-import time
 
 from ._errors import format_address
 
@@ -73,17 +72,27 @@ class Event(_EventFields):
     __slots__ = ()
 
 
-_lock = _thread.allocate_lock()
-_counts = dict.fromkeys(COUNTERS, 0)
-# "checked" grows on every guarded connect, so it gets the cheapest exact
-# counter there is: next() on itertools.count is one C call, atomic under the
-# GIL (a locked dict update costs ~5x more on a path measured in fractions of
-# a microsecond). Its value is only readable from its repr, "count(N)".
-checked = itertools.count()
-# Copy-on-write, so publishing iterates without taking a lock.
+def _fresh_counters() -> dict[str, Any]:
+    # Every counter is an itertools.count: next() is one C call, atomic under
+    # the GIL, and takes no lock -- so a signal handler that lands mid-update
+    # and calls stats() (or connects) cannot deadlock, and the hot "checked"
+    # costs a fifth of a locked dict update. The value is read from its repr.
+    return {name: itertools.count() for name in ("checked", *COUNTERS)}
+
+
+_counters = _fresh_counters()
+checked = _counters["checked"]
+# Only add_listener/remove_listener/forget take it, re-entrantly (a signal
+# handler may call them while the main thread holds it). Copy-on-write, so
+# publishing iterates without taking it.
+_lock = _thread.RLock()
 _listeners: tuple[Listener, ...] = ()
-_logged_once: set[str] = set()
+_logged_once: dict[str, object] = {}  # setdefault() claims a key atomically: one thread logs it
 _delivering = _thread._local()  # per thread: is a listener running right now?
+
+
+def _value(counter: Any) -> int:
+    return int(repr(counter)[len("count(") : -1])
 
 
 def stats() -> dict[str, int]:
@@ -97,17 +106,14 @@ def stats() -> dict[str, int]:
         addrnotavail: spurious EADDRNOTAVAIL seen on kernel-picked ports;
         faults: failures of the guard's own machinery (it failed open).
     """
-    with _lock:
-        return {"checked": int(repr(checked)[len("count(") : -1]), **_counts}
+    return {name: _value(counter) for name, counter in _counters.items()}
 
 
 def reset_stats() -> None:
     """Set every counter back to zero."""
-    global checked
-    with _lock:
-        for name in _counts:
-            _counts[name] = 0
-        checked = itertools.count()
+    global _counters, checked
+    _counters = _fresh_counters()
+    checked = _counters["checked"]
 
 
 def forget() -> None:
@@ -122,9 +128,12 @@ def add_listener(fn: Listener) -> None:
     """Call *fn* with every Event, on the connecting thread, as it happens.
 
     Exceptions from *fn* are caught, counted as faults and logged once; time
-    spent in *fn* is not charged to the socket's timeout. Adding the same
-    function twice has no effect.
+    spent in *fn* counts against the socket's timeout, which bounds the whole
+    connect. Adding the same function twice has no effect. A non-callable
+    raises TypeError at once.
     """
+    if not callable(fn):
+        raise TypeError(f"add_listener() needs a callable, got {type(fn).__name__}")
     global _listeners
     with _lock:
         if fn not in _listeners:
@@ -138,31 +147,28 @@ def remove_listener(fn: Listener) -> None:
         _listeners = tuple(x for x in _listeners if x != fn)
 
 
-def publish(event: Event) -> float:
-    """Count, log and hand *event* to the listeners; return the seconds it took.
+def publish(event: Event) -> None:
+    """Count, log and hand *event* to the listeners.
 
-    Never raises: reporting must not break the connect it reports on.
+    Raises nothing but a BaseException a listener or log handler raised
+    (KeyboardInterrupt, gevent.Timeout): reporting must not break the connect
+    it reports on, and the policy has reset the socket before it reports.
     """
-    started = time.monotonic()
-    with _lock:
-        _counts[COUNTER_OF_KIND[event.kind]] += 1
+    next(_counters[COUNTER_OF_KIND[event.kind]])
     try:
         _log(event)
     except Exception:  # a broken handler or formatter; nothing to log it with
         pass
     _deliver(event, report_errors=True)
-    return time.monotonic() - started
 
 
 def fault(
     what: str, exc: BaseException, api: str = "", outcome: str = "the connect proceeds as without the guard"
 ) -> None:
     """Record a failure of the guard's own machinery: counted always, logged once per kind."""
-    with _lock:
-        _counts["faults"] += 1
-        first = what not in _logged_once
-        _logged_once.add(what)
-    if first:
+    next(_counters["faults"])
+    claim = object()
+    if _logged_once.setdefault(what, claim) is claim:
         try:
             logger().warning(
                 "selfguard: %s failed (%s: %s); %s. "
@@ -235,10 +241,9 @@ def _after_fork_in_child() -> None:
     # child that inherited it locked would deadlock on its first connect.
     # Counters are per process: a forked worker starts from zero, so summing
     # the workers' counters counts each event once.
-    global _lock, _counts, checked
-    _lock = _thread.allocate_lock()
-    _counts = dict.fromkeys(COUNTERS, 0)
-    checked = itertools.count()
+    global _lock
+    _lock = _thread.RLock()
+    reset_stats()
 
 
 if hasattr(os, "register_at_fork"):

@@ -11,6 +11,7 @@ import wrapt
 
 from . import _config, _state
 from ._connect import bind_wrapper, make_connect_wrapper
+from ._fastopen import make_send_wrapper
 from ._nonblocking import getsockopt_wrapper
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -24,6 +25,8 @@ _WRAPPERS: dict[str, Callable[..., Any]] = {
     "connect_ex": make_connect_wrapper("connect_ex"),
     "getsockopt": getsockopt_wrapper,
     "bind": bind_wrapper,
+    "sendto": make_send_wrapper("sendto"),
+    "sendmsg": make_send_wrapper("sendmsg"),
 }
 lock = _thread.RLock()
 # (class, name) -> (the FunctionWrapper we put there, what vars() held before).

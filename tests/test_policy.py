@@ -11,7 +11,6 @@ from typing import Any, Callable
 import pytest
 
 import selfguard
-from selfguard.testing import force_self_connect
 
 from conftest import close_rst
 
