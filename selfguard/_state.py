@@ -66,8 +66,7 @@ def in_range(port: int) -> bool:
 
     The cached range answers at once for ports inside it; only a port outside
     it pays for the clock, so a range that widened is seen within
-    RANGE_REFRESH seconds. (A range that narrowed only costs checks that find
-    nothing, until a connect outside it refreshes the cache.)
+    RANGE_REFRESH seconds.
     """
     if state.low <= port <= state.high:
         return True
@@ -81,6 +80,12 @@ def in_range(port: int) -> bool:
         # a candidate. Costs a syscall per TCP connect, never misses one.
         low, high = 1, 65535
         _events.fault("reading the ephemeral port range", exc)
+    # The cache only widens. A range that narrowed costs checks that find
+    # nothing; but a thread that setns()'d into another network namespace
+    # reads that namespace's range, and replacing the cache with it would
+    # leave this namespace's ports unchecked until the next refresh.
+    if state.low <= state.high:
+        low, high = min(low, state.low), max(high, state.high)
     # The time is stamped only once the range is in place: the read releases
     # the GIL, and other threads must not take a fresh stamp over an empty or
     # half-written range as "outside it" (they read the file themselves).
