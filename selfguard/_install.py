@@ -30,8 +30,8 @@ _WRAPPERS: dict[str, Callable[..., Any]] = {
 }
 lock = _thread.RLock()
 # (class, name) -> (the FunctionWrapper we put there, what vars() held before).
-# Usually one class, socket.socket; two once gevent's monkey-patching has
-# replaced socket.socket with its own class after install().
+# socket.socket; gevent's socket class once its monkey-patching replaced
+# socket.socket after install(); the event loops' connecting methods.
 _patched: dict[tuple[type, str], tuple[Any, Any]] = {}
 _ABSENT: Any = object()
 
@@ -56,28 +56,30 @@ def activate(options: _config.Options) -> None:
     """Patch the current socket.socket class (where not yet patched) and put *options* in force."""
     with lock:
         _forget_stand_ins()
-        cls = socket.socket
         for name, wrapper in _WRAPPERS.items():
-            key = (cls, name)
-            if key in _patched and not _reachable(key):
-                del _patched[key]  # someone removed the chain ours was in
-            if key not in _patched:
-                before = vars(cls).get(name, _ABSENT)
-                _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), before)
+            wrap(socket.socket, name, wrapper)
         _state.set_options(options)
-        from . import _asyncio  # after the options: its patch reads them
+        from . import _loops  # after the options: its patch reads them
 
-        _asyncio.watch()
+        _loops.watch()
+
+
+def wrap(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
+    """Put *wrapper* around cls.name, unless ours is still there; uninstall() takes it off."""
+    with lock:
+        key = (cls, name)
+        if key in _patched and not _reachable(key):
+            del _patched[key]  # someone removed the chain ours was in
+        if key not in _patched:
+            before = vars(cls).get(name, _ABSENT)
+            _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), before)
 
 
 def uninstall() -> None:
-    """Restore socket.socket exactly as it was; a patch someone applied on top survives."""
+    """Restore socket.socket (and the event loops) exactly as they were; a patch someone applied on top survives."""
     with lock:
         _forget_stand_ins()
         _state.set_options(None)
-        from . import _asyncio
-
-        _asyncio.unpatch()
         for key, (ours, before) in list(_patched.items()):
             cls, name = key
             if vars(cls).get(name) is ours:

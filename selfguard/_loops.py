@@ -1,4 +1,4 @@
-"""asyncio: retry self-connects of loop.sock_connect (so create_connection, open_connection) transparently."""
+"""Event loops: retry self-connects of asyncio's and uvloop's connects transparently, patched when they are imported."""
 
 from __future__ import annotations
 
@@ -16,52 +16,58 @@ from ._state import in_range, state
 # imported it already, and every annotation here is a string (PEP 563) never evaluated.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional
+    from typing import Any, Callable
 
 API = "loop.sock_connect"
-_MODULE = "asyncio.selector_events"
-_hook_registered = False
-# (class, our FunctionWrapper, what vars() held before) while patched
-_patched: Optional[tuple[type, Any, Any]] = None
+# module -> (the loop class in it, {method: wrapper}). uvloop.Loop is a Python
+# subclass of its compiled loop, so its methods can be wrapped like asyncio's;
+# its sock_connect calls the Python socket's connect() and getsockopt(), so
+# the same wrapper retries there, while create_connection connects in libuv
+# and needs a wrapper of its own (_uvloop).
+_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "asyncio.selector_events": ("BaseSelectorEventLoop", ("sock_connect",)),
+    "uvloop": ("Loop", ("sock_connect", "create_connection")),
+}
+_hooked: set[str] = set()
 
 
 def watch() -> None:
-    """Patch asyncio's selector loop now if asyncio is imported, else as soon as it is.
+    """Patch each event loop now if its module is imported, else as soon as it is.
 
-    install() must not import asyncio itself: that would cost ~30 ms in every
-    process that never uses it (and a sitecustomize runs in all of them).
+    install() must not import asyncio or uvloop itself: that would cost
+    ~30 ms in every process that never uses them (and a sitecustomize runs
+    in all of them).
     """
-    global _hook_registered
-    module = sys.modules.get(_MODULE)
-    if module is not None:
-        _patch(module)
-    elif not _hook_registered:
-        _hook_registered = True  # wrapt offers no way to unregister; the hook checks the state
-        wrapt.register_post_import_hook(_patch, _MODULE)
+    for name in _TARGETS:
+        module = sys.modules.get(name)
+        if module is not None:
+            _patch(module)
+        elif name not in _hooked:
+            _hooked.add(name)  # wrapt offers no way to unregister; the hook checks the state
+            wrapt.register_post_import_hook(_patch, name)
 
 
 def _patch(module: Any) -> None:
-    global _patched
-    if state.options is None or _patched is not None:
-        return
-    cls = module.BaseSelectorEventLoop
-    before = vars(cls)["sock_connect"]
-    _patched = (cls, wrapt.wrap_function_wrapper(cls, "sock_connect", _sock_connect), before)
+    from . import _install
+
+    class_name, methods = _TARGETS[module.__name__]
+    cls = getattr(module, class_name, None)
+    with _install.lock:
+        if state.options is None or cls is None:
+            return
+        for method in methods:
+            _install.wrap(cls, method, _wrapper(method))
 
 
-def unpatch() -> None:
-    global _patched
-    if _patched is None:
-        return
-    cls: Any = _patched[0]
-    ours, before = _patched[1:]
-    if vars(cls).get("sock_connect") is ours:
-        cls.sock_connect = before  # a plain function: putting it back is exact
-        _patched = None
-    # Otherwise someone wrapped ours: it stays, a passthrough while uninstalled.
+def _wrapper(method: str) -> Callable[..., Any]:
+    if method == "create_connection":
+        from ._uvloop import create_connection
+
+        return create_connection
+    return sock_connect
 
 
-async def _sock_connect(
+async def sock_connect(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Await the real sock_connect; when it connected the socket to itself, retry on the same socket.

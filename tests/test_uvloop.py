@@ -1,0 +1,280 @@
+"""uvloop connects in libuv; the guard still keeps every self-connected transport from the user's protocol.
+
+Forcing self-connects per socket (IP_LOCAL_PORT_RANGE from Python) cannot
+reach sockets libuv creates, so each test runs a child in its own network
+namespace (`unshare -n`, root) whose ephemeral range is narrowed to two
+ports: the kernel itself then self-connects about every other dial to the
+even one, as it does in the real bug.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import require
+
+pytest.importorskip("uvloop", reason="uvloop is in the test extra")
+
+PRELUDE = r"""
+import asyncio, json, socket, ssl, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+PORT = 40000
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write(f"{PORT} {PORT + 1}")  # connect() tries PORT first: it self-connects often
+import uvloop, selfguard
+
+def can_bind(port):
+    with socket.socket() as srv:
+        try:
+            srv.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+class Recording(asyncio.Protocol):
+    made = []  # what every protocol saw in connection_made
+    def connection_made(self, transport):
+        Recording.made.append(selfguard.is_self_connected(transport))
+        transport.write(b"PING")
+        self.transport = transport
+    def data_received(self, data):
+        Recording.made.append(("read", data))
+"""
+
+
+def run_in_namespace(body: str, *args: str) -> dict:
+    require(sys.platform.startswith("linux"), "needs Linux network namespaces")
+    require(os.geteuid() == 0, "needs root for a network namespace (CI runs as root)")
+    require(shutil.which("unshare") is not None and shutil.which("ip") is not None, "needs unshare and ip")
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", PRELUDE + body, *args], capture_output=True, text=True, timeout=120
+    )
+    assert 0 == done.returncode, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+RECONNECT_LOOP = r"""
+DIALS = 100
+async def dial_loop(how):
+    loop = asyncio.get_running_loop()
+    seen = {"self_connected": 0, "read_own_bytes": 0, "refused": 0, "other": []}
+    for _ in range(DIALS):
+        try:
+            if how == "open_connection":
+                reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+                transport = writer.transport
+                writer.write(b"PING")
+                data = await asyncio.wait_for(reader.read(4), 2)
+            else:
+                transport, protocol = await loop.create_connection(Recording, "127.0.0.1", PORT)
+                await asyncio.sleep(0.01)
+                data = b"PING" if ("read", b"PING") in Recording.made else b""
+        except ConnectionRefusedError:
+            seen["refused"] += 1
+            continue
+        except OSError as exc:
+            seen["other"].append(repr(exc))
+            continue
+        seen["self_connected"] += selfguard.is_self_connected(transport)
+        seen["read_own_bytes"] += data == b"PING"
+        transport.close()
+    await asyncio.sleep(0.05)
+    seen["server_can_bind"] = can_bind(PORT)
+    seen["protocol_saw_self_connected"] = sum(1 for m in Recording.made if m is True)
+    Recording.made.clear()
+    return seen
+
+how = sys.argv[1]
+if sys.argv[2] == "guarded":
+    selfguard.install()
+report = uvloop.run(dial_loop(how))
+report["stats"] = selfguard.stats()
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("how", ["open_connection", "create_connection"])
+def test_without_the_guard_uvloop_hands_out_self_connected_transports(how):
+    """The control: unguarded, uvloop clients read their own bytes and keep the server from binding."""
+    report = run_in_namespace(RECONNECT_LOOP, how, "unguarded")
+    assert report["self_connected"] >= 1, report
+    assert report["read_own_bytes"] >= 1, report
+    assert not report["server_can_bind"], report
+
+
+@pytest.mark.parametrize("how", ["open_connection", "create_connection"])
+def test_uvloop_clients_never_see_a_self_connected_transport(how):
+    """Guarded: 0 self-connected transports, no protocol ever saw one, only refusals, and the server binds."""
+    report = run_in_namespace(RECONNECT_LOOP, how, "guarded")
+    assert (0, 0, 0) == (report["self_connected"], report["read_own_bytes"], report["protocol_saw_self_connected"])
+    assert ([], 100) == (report["other"], report["refused"]), report
+    assert report["server_can_bind"], report
+    stats = report["stats"]
+    assert stats["self_connects"] >= 20, stats  # the kernel met itself often: the guard caught each one
+    assert stats["self_connects"] == stats["retries"] + stats["gave_up"], stats
+
+
+SERVER_COMES_BACK = r"""
+async def main():
+    loop = asyncio.get_running_loop()
+    selfguard.install()
+    started = []
+
+    async def serve(reader, writer):
+        writer.write(b"HELLO")
+        await writer.drain()
+        writer.close()
+
+    def on_event(event):  # the server starts while the client is retrying: the reset freed the port already
+        if event.kind == "self_connect" and not started:
+            listening = socket.create_server(("127.0.0.1", PORT))
+            started.append(loop.create_task(asyncio.start_server(serve, sock=listening)))
+
+    selfguard.add_listener(on_event)
+    refused = 0
+    for _ in range(200):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+            break
+        except ConnectionRefusedError:
+            refused += 1
+            await asyncio.sleep(0.005)
+    data = await reader.read(5)
+    writer.close()
+    return {"data": data.decode(), "refused": refused, "stats": selfguard.stats()}
+
+print(json.dumps(uvloop.run(main())))
+"""
+
+
+def test_a_uvloop_client_reaches_the_server_once_it_is_back():
+    """A reconnect loop under uvloop gets the real server's greeting once it is up, never its own bytes."""
+    report = run_in_namespace(SERVER_COMES_BACK)
+    assert "HELLO" == report["data"], report
+    assert report["stats"]["self_connects"] >= 1, report
+
+
+SOCK_CONNECT = r"""
+async def main():
+    loop = asyncio.get_running_loop()
+    selfguard.install()
+    outcomes = []
+    for _ in range(50):
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", PORT))
+            outcomes.append("self-connected" if selfguard.is_self_connected(sock) else "connected")
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+        sock.close()
+    return {"outcomes": sorted(set(outcomes)), "stats": selfguard.stats(), "can_bind": can_bind(PORT)}
+
+print(json.dumps(uvloop.run(main())))
+"""
+
+
+def test_uvloop_sock_connect_retries_like_asyncios():
+    """loop.sock_connect under uvloop: self-connects retried on the same socket, then SelfConnectError."""
+    report = run_in_namespace(SOCK_CONNECT)
+    assert set(report["outcomes"]) <= {"ConnectionRefusedError", "SelfConnectError"}, report
+    assert report["can_bind"], report
+    assert report["stats"]["retries"] >= 1, report
+
+
+AIOHTTP = r"""
+import aiohttp
+from aiohttp import web
+
+async def main():
+    selfguard.install()
+    symptoms, refused = [], 0
+    async with aiohttp.ClientSession() as session:
+        for _ in range(60):
+            try:
+                async with session.get(f"http://127.0.0.1:{PORT}/") as response:
+                    symptoms.append(f"HTTP {response.status}")
+            except aiohttp.ClientConnectorError:
+                refused += 1
+            except Exception as exc:  # what a self-connect looks like: a response parsed from our own request
+                symptoms.append(repr(exc)[:200])
+        could_bind = can_bind(PORT)
+        app = web.Application()
+        app.router.add_get("/", lambda request: web.Response(text="real server"))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", PORT).start()
+        async with session.get(f"http://127.0.0.1:{PORT}/") as response:
+            body = await response.text()
+        await runner.cleanup()
+    return {"symptoms": symptoms, "refused": refused, "could_bind": could_bind, "body": body,
+            "stats": selfguard.stats()}
+
+print(json.dumps(uvloop.run(main())))
+"""
+
+
+def test_aiohttp_on_uvloop_meets_no_symptom_and_the_server_binds():
+    """A real HTTP client on uvloop: 60 dials while the server is down give refusals only; then the server binds."""
+    pytest.importorskip("aiohttp")
+    report = run_in_namespace(AIOHTTP)
+    assert ([], 60) == (report["symptoms"], report["refused"]), report
+    assert report["could_bind"], report
+    assert "real server" == report["body"]
+    assert report["stats"]["self_connects"] >= 5, report
+    assert report["stats"]["retries"] >= 1, report  # retried transparently, not only told the truth
+
+
+TLS = r"""
+import trustme
+ca = trustme.CA()
+cert = ca.issue_cert("localhost")
+client_ctx = ssl.create_default_context()
+ca.configure_trust(client_ctx)
+server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+cert.configure_cert(server_ctx)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    selfguard.install()
+    outcomes = []
+    for _ in range(30):
+        try:
+            await asyncio.open_connection("127.0.0.1", PORT, ssl=client_ctx, server_hostname="localhost")
+            outcomes.append("connected")
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+    could_bind = can_bind(PORT)
+
+    async def serve(reader, writer):
+        writer.write(b"TLS HELLO")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", PORT, ssl=server_ctx)
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT, ssl=client_ctx, server_hostname="localhost")
+    data = await reader.read(9)
+    cipher = writer.get_extra_info("cipher") is not None
+    writer.close()
+    server.close()
+    return {"outcomes": sorted(set(outcomes)), "could_bind": could_bind, "data": data.decode(), "tls": cipher,
+            "stats": selfguard.stats()}
+
+print(json.dumps(uvloop.run(main())))
+"""
+
+
+def test_tls_connections_on_uvloop_are_checked_before_the_handshake():
+    """ssl= under uvloop: self-connects are caught before any handshake with itself; real TLS still works."""
+    pytest.importorskip("trustme")
+    report = run_in_namespace(TLS)
+    assert {"ConnectionRefusedError", "SelfConnectError"} >= set(report["outcomes"]), report
+    assert report["could_bind"], report
+    assert ("TLS HELLO", True) == (report["data"], report["tls"]), report
+    assert report["stats"]["self_connects"] >= 1, report
