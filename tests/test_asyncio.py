@@ -9,14 +9,11 @@ import ssl
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import require
+from helpers import LINGER_RST
 
-
-@pytest.fixture(autouse=True)
-def _needs_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+pytestmark = pytest.mark.usefixtures("needs_forcing")
 
 
 def run(coro):
@@ -174,7 +171,7 @@ def test_relent_hands_back_the_self_connected_socket_after_the_retries(free_port
             with force_self_connects(port, times=3):
                 await loop.sock_connect(sock, ("127.0.0.1", port))
             assert selfguard.is_self_connected(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
 
     run(main())
     assert {"self_connects": 3, "retries": 2, "relented": 1} == {
@@ -211,7 +208,7 @@ def test_uvloop_transports_can_be_checked_with_is_self_connected(free_port):
     uvloop = pytest.importorskip("uvloop")
     port = free_port()
     selfconnected = socket.socket()
-    selfconnected.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    selfconnected.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
     with force_self_connects(port):
         selfconnected.connect(("127.0.0.1", port))  # unguarded: the real bug
 

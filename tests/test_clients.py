@@ -23,16 +23,16 @@ from typing import Iterator
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import require
+from helpers import LINGER_RST, require, require_forcing
 
 FORCED = 6  # forced self-connecting attempts: two whole connects of 1 + 2 retries
 
 
 @pytest.fixture(autouse=True)
 def _guard_and_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     selfguard.install()
 
 
@@ -117,7 +117,7 @@ def test_http_client_without_the_guard_reads_its_own_request(free_port):
         with pytest.raises(http.client.BadStatusLine) as caught:
             conn.getresponse()
         assert "GET / HTTP/1.1" in str(caught.value)
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
         conn.close()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import selfguard
 
-from conftest import ADDRESS_FORMS, close_rst
+from helpers import ADDRESS_FORMS, close_rst
 
 
 @pytest.mark.parametrize(("family", "host"), ADDRESS_FORMS)

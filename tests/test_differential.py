@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 import selfguard
 from selfguard._kernel import read_ephemeral_range
 
+from helpers import same_with_and_without_guard
+
 LOW, HIGH = read_ephemeral_range()
 UNIX_DIR = tempfile.mkdtemp(prefix="selfguard-diff-")
 UNIX_MISSING = os.path.join(UNIX_DIR, "missing")
@@ -110,34 +112,9 @@ CALLS: dict[str, Callable[[socket.socket, Any], Any]] = {
 }
 
 
-def outcome(sock: socket.socket, call: Callable[[], Any]) -> tuple[Any, ...]:
-    """What the call returned or raised, and whether the socket ended up connected."""
-    try:
-        result: tuple[Any, ...] = ("returned", call())
-    except BaseException as exc:  # the point is to compare every outcome
-        result = (type(exc), getattr(exc, "errno", None), str(exc))
-    try:
-        sock.getpeername()
-        state = "connected"
-    except OSError as exc:
-        state = f"not connected ({exc.errno})"
-    return (*result, state)
-
-
 def run_both(make: Callable[[], socket.socket], act: Callable[[socket.socket], Any]) -> tuple[Any, ...]:
-    results = []
-    for guarded in (False, True):
-        if guarded:
-            selfguard.install()
-        sock = make()
-        try:
-            results.append(outcome(sock, lambda: act(sock)))
-        finally:
-            sock.close()
-            selfguard.uninstall()
-            _drain()
-    assert results[0] == results[1]
-    return results[0]
+    """Unguarded, then guarded: the same outcome and socket state (the listener drained after each run)."""
+    return same_with_and_without_guard(make, act, after_each=_drain)
 
 
 @settings(max_examples=1200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

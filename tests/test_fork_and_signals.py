@@ -12,9 +12,9 @@ import time
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, set_port_range
+from selfguard.testing import set_port_range
 
-from conftest import full_backlog_server, require
+from helpers import full_backlog_server, require_forcing
 
 FORK = r"""
 import json, os, socket, selfguard
@@ -51,7 +51,7 @@ print(json.dumps({"parent_outcome": parent_outcome, "parent_before": parent_befo
 
 def test_a_forked_child_is_guarded_with_counters_of_its_own():
     """The guard works in a forked child; the child's counters start at zero and the parent's stay its own."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     done = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=60)
     assert 0 == done.returncode, done.stderr
     report = json.loads(done.stdout)

@@ -9,14 +9,11 @@ import socket
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import can_bind, close_rst, require
+from helpers import can_bind, close_rst
 
-
-@pytest.fixture(autouse=True)
-def _needs_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+pytestmark = pytest.mark.usefixtures("needs_forcing")
 
 
 def non_blocking(family: int = socket.AF_INET) -> socket.socket:

@@ -5,21 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from typing import Any, Callable
 
 import pytest
-from test_differential import run_both
 
 import selfguard
 
-from conftest import outcome
-
-
-def same_with_and_without_guard(
-    make: Callable[[], socket.socket], act: Callable[[socket.socket], Any]
-) -> tuple[Any, ...]:
-    """The hand-picked cases go through the differential test's harness: outcome and socket state must agree."""
-    return run_both(make, act)
+from helpers import outcome, same_with_and_without_guard
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ from typing import Any, Callable
 import pytest
 
 import selfguard
-from selfguard.testing import force_self_connect
 
-from conftest import close_rst
+from helpers import close_rst
 
 
 def _so_error_path(sock: socket.socket, address: Any) -> Any:

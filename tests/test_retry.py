@@ -12,7 +12,7 @@ import selfguard
 from selfguard._kernel import read_ephemeral_range
 from selfguard.testing import set_port_range
 
-from conftest import ADDRESS_FORMS, can_bind, close_rst, full_backlog_server
+from helpers import ADDRESS_FORMS, can_bind, close_rst, full_backlog_server
 
 
 @pytest.mark.parametrize(("family", "host"), ADDRESS_FORMS)

@@ -14,26 +14,11 @@ import sys
 import pytest
 
 import selfguard
-from selfguard._run import BOOTSTRAP
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import close_rst, require
+from helpers import clean_environ, close_rst, under_sitecustomize
 
-
-@pytest.fixture(autouse=True)
-def _needs_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
-
-
-def under_sitecustomize(code: str, *flags: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SELFGUARD"))}
-    return subprocess.run(
-        [sys.executable, *flags, "-c", code],
-        env={**base, "PYTHONPATH": BOOTSTRAP},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+pytestmark = pytest.mark.usefixtures("needs_forcing")
 
 
 @pytest.mark.parametrize("api", ["connect", "connect_ex"])
@@ -131,7 +116,6 @@ def test_a_socket_handed_back_is_reported_once(free_port, mode):
 def test_selfguard_run_keeps_empty_pythonpath_entries(tmp_path):
     """An empty PYTHONPATH entry means the current directory; it stays one under selfguard run."""
     (tmp_path / "mymod_in_cwd.py").write_text("VALUE = 'found'\n")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SELFGUARD"))}
     done = subprocess.run(
         [
             sys.executable,
@@ -143,7 +127,7 @@ def test_selfguard_run_keeps_empty_pythonpath_entries(tmp_path):
             "-c",
             "import mymod_in_cwd as m; print(m.VALUE)",
         ],
-        env={**base, "PYTHONPATH": os.pathsep + "/nonexistent"},
+        env=clean_environ(PYTHONPATH=os.pathsep + "/nonexistent"),
         cwd=tmp_path,
         capture_output=True,
         text=True,

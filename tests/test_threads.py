@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -11,21 +10,15 @@ import pytest
 
 import selfguard
 from selfguard import testing
-from selfguard.testing import can_force_self_connect, force_self_connect
+from selfguard.testing import force_self_connect
 
-from conftest import close_rst, require
+from helpers import close_rst, open_fds
 
 THREADS = 16
 ROUNDS = 40
 
 
-@pytest.fixture(autouse=True)
-def _needs_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+pytestmark = pytest.mark.usefixtures("needs_forcing")
 
 
 def worker(port: int, forced: bool, barrier: threading.Barrier, seen: list[str]) -> None:
