@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 
@@ -244,3 +245,29 @@ def test_the_first_connect_of_a_process_can_be_an_asyncio_one(free_port):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "caught after 3 attempts" == done.stdout.strip(), done.stderr
+
+
+def test_a_cancelled_asyncio_connect_leaves_the_port_free(free_port):
+    """Cancelled in the very loop round its socket self-connected: the socket is reset, the server can bind."""
+    selfguard.install()
+    port = free_port()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
+        with force_self_connects(port, times=1):
+            task = asyncio.ensure_future(loop.sock_connect(sock, ("127.0.0.1", port)))
+            await asyncio.sleep(0)  # the connect is issued; the loop waits for writability
+            twin = os.dup(sock.fileno())  # writable in the same round: cancel the task then
+            loop.add_writer(twin, lambda: (task.cancel(), loop.remove_writer(twin)))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        os.close(twin)
+        assert not selfguard.is_self_connected(sock)
+        sock.close()  # what create_connection does on any exception
+
+    asyncio.run(main())
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", port))  # no EADDRINUSE: no TIME_WAIT was left behind
+    srv.close()

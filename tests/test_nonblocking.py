@@ -119,3 +119,20 @@ def test_trio_sockets_get_the_truth(free_port):
 
     trio.run(main)
     assert 1 == selfguard.stats()["self_connects"]
+
+
+@pytest.mark.parametrize("api", ["connect", "connect_ex"])
+def test_a_non_blocking_connect_completed_by_connecting_again(forced, free_port, api):
+    """gevent and Twisted learn that a non-blocking connect completed from a second connect: it gets the truth too."""
+    selfguard.install()
+    port = free_port()
+    sock = forced(port, timeout=0.0)
+    assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
+    select.select([], [sock], [], 5)
+    if api == "connect":
+        with pytest.raises(selfguard.SelfConnectError):
+            sock.connect(("127.0.0.1", port))
+    else:
+        assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))
+    assert not selfguard.is_self_connected(sock)
+    assert (1, 1) == (selfguard.stats()["self_connects"], selfguard.stats()["gave_up"])
