@@ -1,4 +1,4 @@
-"""asyncio's selector loop: sock_connect, create_connection and open_connection retry self-connects."""
+"""asyncio: sock_connect, create_connection and open_connection retry self-connects; no protocol gets one."""
 
 from __future__ import annotations
 

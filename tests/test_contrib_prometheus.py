@@ -111,7 +111,7 @@ def test_register_twice_returns_the_same_collector(endpoint):
     assert len(NAMES) == len(scrape())
 
 
-def test_unregister_then_register_again():
+def test_unregister_removes_the_series_and_register_brings_them_back():
     """unregister() removes the series, and a later register() brings them back."""
     registry = CollectorRegistry()
     prometheus.register(registry)

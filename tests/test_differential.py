@@ -119,14 +119,14 @@ def run_both(make: Callable[[], socket.socket], act: Callable[[socket.socket], A
 
 @settings(max_examples=1200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(kind=st.sampled_from(sorted(SOCKETS)), call=st.sampled_from(sorted(CALLS)), address=ADDRESSES)
-def test_generated_socket_calls_agree(kind, call, address):
+def test_generated_socket_calls_behave_the_same_with_and_without_the_guard(kind, call, address):
     """1 200 generated (socket, call, address) cases: identical outcomes with and without the guard."""
     run_both(SOCKETS[kind], lambda s: CALLS[call](s, address))
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(address=ADDRESSES, timeout=st.sampled_from([None, 0.5, 2.0]))
-def test_generated_create_connection_calls_agree(address, timeout):
+def test_generated_create_connection_calls_behave_the_same_with_and_without_the_guard(address, timeout):
     """300 generated socket.create_connection() calls: identical outcomes with and without the guard."""
     results = []
     for guarded in (False, True):

@@ -24,7 +24,7 @@ def _fails(*args):
     raise OSError(errno.ENOSYS, "injected fault")
 
 
-def test_disconnect_unavailable_returns_the_connect_as_the_stdlib_would(forced, free_port, monkeypatch, caplog):
+def test_an_unavailable_disconnect_returns_the_connect_as_the_stdlib_would(forced, free_port, monkeypatch, caplog):
     """Without the in-place disconnect the guard cannot retry: the self-connected socket comes back, as unguarded."""
     monkeypatch.setattr(_policy, "disconnect", _fails)
     selfguard.install()
@@ -37,7 +37,7 @@ def test_disconnect_unavailable_returns_the_connect_as_the_stdlib_would(forced, 
     assert 1 == sum("disconnecting" in r.getMessage() for r in caplog.records)
 
 
-def test_getsockname_failing_leaves_the_connect_untouched(monkeypatch, caplog):
+def test_a_failing_getsockname_leaves_the_connect_untouched(monkeypatch, caplog):
     """If the check itself fails, the connect's own result stands."""
     monkeypatch.setattr(_detect, "_getsockname", _fails)
     selfguard.install()

@@ -1,4 +1,4 @@
-"""Non-blocking connects completed as Tornado, Twisted and trio complete them: the truth, never a self-connection."""
+"""Non-blocking connects completed by SO_ERROR or by connecting again: the truth, never a self-connection."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_trio_sockets_get_the_truth(free_port):
 
 
 @pytest.mark.parametrize("api", ["connect", "connect_ex"])
-def test_a_non_blocking_connect_completed_by_connecting_again(forced, free_port, api):
+def test_a_non_blocking_connect_completed_by_connecting_again_gets_the_truth(forced, free_port, api):
     """gevent and Twisted learn that a non-blocking connect completed from a second connect: it gets the truth too."""
     selfguard.install()
     port = free_port()

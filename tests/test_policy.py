@@ -96,8 +96,8 @@ def test_a_handed_back_socket_is_reported_once_on_every_path(free_port, forced, 
 
 
 @pytest.mark.parametrize("mode", ["relent", "observe"])
-def test_a_socket_handed_back_is_reported_once(free_port, mode):
-    """In relent and observe modes, later SO_ERROR reads of the same socket add no events."""
+def test_with_retries_left_a_non_blocking_self_connect_is_still_handed_back_once(free_port, mode):
+    """With retries to spare, relent and observe still hand a non-blocking self-connect back at once, reported once."""
     require_forcing()
     selfguard.install(mode=mode)
     port = free_port()

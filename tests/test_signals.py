@@ -48,7 +48,7 @@ def _raise_interrupted(signum, frame):
     raise Interrupted
 
 
-def test_a_signal_handler_that_raises_during_a_retry(forced, free_port):
+def test_a_signal_handlers_exception_during_a_retry_comes_out_of_connect(forced, free_port):
     """The handler's exception comes out of connect() as it would unguarded, and the socket keeps its timeout."""
     selfguard.install()
     port = free_port()

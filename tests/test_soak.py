@@ -41,7 +41,7 @@ def quiet_guard():
 
 
 @pytest.mark.soak
-def test_a_million_guarded_connects(free_port, capsys, quiet_guard):
+def test_a_million_guarded_connects_leak_nothing_and_count_exactly(free_port, capsys, quiet_guard):
     """1 000 000 connects (1 % to a server, 0.1 % forced to self-connect): no leak, exact counters.
 
     The refused dials go to a closed port of the parity connect() tries first,

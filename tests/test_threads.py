@@ -45,7 +45,7 @@ def cold_range_cache():
     testing.reset()
 
 
-def test_sixteen_threads_half_of_them_meeting_self_connects(free_port, cold_range_cache):
+def test_sixteen_threads_half_meeting_self_connects_count_exactly_and_leak_nothing(free_port, cold_range_cache):
     """8 threads meet forced self-connects, 8 reach a real server; the counters add up to the last event."""
     selfguard.install()
     server = socket.create_server(("127.0.0.1", 0), backlog=THREADS * ROUNDS)
@@ -82,7 +82,7 @@ def test_sixteen_threads_half_of_them_meeting_self_connects(free_port, cold_rang
     assert before - 1 == open_fds()  # all sockets closed; the server too
 
 
-def test_install_and_uninstall_while_threads_connect(free_port, cold_range_cache):
+def test_toggling_the_guard_while_threads_connect_never_crashes_hangs_or_leaks(free_port, cold_range_cache):
     """Toggling the guard under load never crashes, hangs or leaks; outcomes are only ever the two legitimate ones."""
     port_per_thread = [free_port() for _ in range(THREADS)]
     before = open_fds()
