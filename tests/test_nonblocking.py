@@ -75,18 +75,21 @@ def test_a_real_connection_completes_untouched():
     assert {"checked": 1, "self_connects": 0} == {k: selfguard.stats()[k] for k in ("checked", "self_connects")}
 
 
-def test_reading_so_error_before_completion_keeps_watching(free_port):
-    """SO_ERROR read while the connect is still in flight does not end the check."""
+def test_an_so_error_read_before_the_connect_completes_does_not_end_the_check(free_port):
+    """SO_ERROR read before completion (even before the connect is issued) finds nothing; the final read, the truth."""
     selfguard.install()
     port = free_port()
     sock = non_blocking()
     try:
         with force_self_connects(port):
+            # Not during the handshake: on loopback it is over by the time connect_ex() returns,
+            # so a read right after it would already be the completion read.
+            assert 0 == sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
-            # On loopback the handshake is usually done already; either way the
-            # final read must report the truth.
             select.select([], [sock], [], 5)
             assert errno.ECONNREFUSED == sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        assert not selfguard.is_self_connected(sock)
+        assert 1 == selfguard.stats()["self_connects"]
     finally:
         close_rst(sock)
 
