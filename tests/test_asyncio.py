@@ -1,22 +1,22 @@
-"""asyncio's selector loop: sock_connect, create_connection and open_connection retry self-connects."""
+"""asyncio: sock_connect, create_connection and open_connection retry self-connects; no protocol gets one."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
+import subprocess
+import sys
 
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import require
+from helpers import LINGER_RST
 
-
-@pytest.fixture(autouse=True)
-def _needs_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+pytestmark = pytest.mark.usefixtures("needs_forcing")
 
 
 def run(coro):
@@ -174,7 +174,7 @@ def test_relent_hands_back_the_self_connected_socket_after_the_retries(free_port
             with force_self_connects(port, times=3):
                 await loop.sock_connect(sock, ("127.0.0.1", port))
             assert selfguard.is_self_connected(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
 
     run(main())
     assert {"self_connects": 3, "retries": 2, "relented": 1} == {
@@ -182,20 +182,16 @@ def test_relent_hands_back_the_self_connected_socket_after_the_retries(free_port
     }
 
 
-def test_asyncio_imported_after_install_is_patched(tmp_path):
-    """install() does not import asyncio itself, yet patches it once the program imports it.
-
-    (wrapt 2 imports asyncio on its own; with wrapt 1.x the patch is deferred.)
-    """
-    import subprocess
-    import sys
-
+def test_asyncio_imported_after_install_is_patched():
+    """install() does not import asyncio itself, yet patches asyncio once the program imports it."""
     code = (
         "import sys, wrapt\n"
-        "before = 'asyncio' in sys.modules\n"
+        # wrapt 2 imports asyncio itself: forget it, so that this is a program that has not imported it yet.
+        "for name in [m for m in sys.modules if m == 'asyncio' or m.startswith('asyncio.')]:\n"
+        "    del sys.modules[name]\n"
         "import selfguard\n"
         "selfguard.install()\n"
-        "assert before == ('asyncio' in sys.modules), 'install() imported asyncio'\n"
+        "assert 'asyncio' not in sys.modules, 'install() imported asyncio'\n"
         "import asyncio.selector_events as se\n"
         "assert type(vars(se.BaseSelectorEventLoop)['sock_connect']).__name__ == 'FunctionWrapper'\n"
         "selfguard.uninstall()\n"
@@ -211,7 +207,7 @@ def test_uvloop_transports_can_be_checked_with_is_self_connected(free_port):
     uvloop = pytest.importorskip("uvloop")
     port = free_port()
     selfconnected = socket.socket()
-    selfconnected.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    selfconnected.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
     with force_self_connects(port):
         selfconnected.connect(("127.0.0.1", port))  # unguarded: the real bug
 
@@ -229,9 +225,6 @@ def test_uvloop_transports_can_be_checked_with_is_self_connected(free_port):
 
 def test_the_first_connect_of_a_process_can_be_an_asyncio_one(free_port):
     """In a fresh interpreter whose first connect is non-blocking, the guard still knows the range."""
-    import subprocess
-    import sys
-
     port = free_port()
     code = (
         "import asyncio, selfguard\n"
@@ -247,3 +240,29 @@ def test_the_first_connect_of_a_process_can_be_an_asyncio_one(free_port):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "caught after 3 attempts" == done.stdout.strip(), done.stderr
+
+
+def test_a_cancelled_asyncio_connect_leaves_the_port_free(free_port):
+    """Cancelled in the very loop round its socket self-connected: the socket is reset, the server can bind."""
+    selfguard.install()
+    port = free_port()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
+        with force_self_connects(port, times=1):
+            task = asyncio.ensure_future(loop.sock_connect(sock, ("127.0.0.1", port)))
+            await asyncio.sleep(0)  # the connect is issued; the loop waits for writability
+            twin = os.dup(sock.fileno())  # writable in the same round: cancel the task then
+            loop.add_writer(twin, lambda: (task.cancel(), loop.remove_writer(twin)))
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        os.close(twin)
+        assert not selfguard.is_self_connected(sock)
+        sock.close()  # what create_connection does on any exception
+
+    asyncio.run(main())
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", port))  # no EADDRINUSE: no TIME_WAIT was left behind
+    srv.close()

@@ -23,16 +23,16 @@ from typing import Iterator
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import require
+from helpers import LINGER_RST, require, require_forcing
 
 FORCED = 6  # forced self-connecting attempts: two whole connects of 1 + 2 retries
 
 
 @pytest.fixture(autouse=True)
 def _guard_and_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     selfguard.install()
 
 
@@ -90,7 +90,7 @@ def assert_forced_and_guarded(plan) -> None:
     assert counters["gave_up"] >= 1
 
 
-def test_http_client(free_port):
+def test_http_client_sees_refusals_until_the_server_is_back(free_port):
     """http.client: SelfConnectError (a ConnectionRefusedError) while down, a 200 once the server is up."""
     port = free_port()
     with force_self_connects(port, times=FORCED) as plan:
@@ -117,11 +117,11 @@ def test_http_client_without_the_guard_reads_its_own_request(free_port):
         with pytest.raises(http.client.BadStatusLine) as caught:
             conn.getresponse()
         assert "GET / HTTP/1.1" in str(caught.value)
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
         conn.close()
 
 
-def test_requests_and_urllib3(free_port):
+def test_requests_sees_connection_errors_until_the_server_is_back(free_port):
     """requests (urllib3 underneath): ConnectionError while down, the page once the server is up."""
     requests = pytest.importorskip("requests")
     port = free_port()
@@ -136,7 +136,7 @@ def test_requests_and_urllib3(free_port):
         assert "hello from the real server" == requests.get(url, timeout=5).text
 
 
-def test_redis_sync(free_port):
+def test_redis_py_sees_connection_errors_until_the_server_is_back(free_port):
     """redis-py: ConnectionError (never a parse of its own PING) while down; PONG from a real redis-server after."""
     redis = pytest.importorskip("redis")
     port = free_port()
@@ -153,7 +153,7 @@ def test_redis_sync(free_port):
     client.close()
 
 
-def test_redis_asyncio(free_port):
+def test_redis_asyncio_sees_connection_errors_until_the_server_is_back(free_port):
     """redis.asyncio: the same story on the event loop."""
     redis_asyncio = pytest.importorskip("redis.asyncio")
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -176,7 +176,7 @@ def test_redis_asyncio(free_port):
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-def test_asyncio_streams(free_port):
+def test_asyncio_streams_see_self_connect_errors_until_the_server_is_back(free_port):
     """asyncio.open_connection: SelfConnectError while down, a working stream once the server is up."""
     port = free_port()
 
@@ -203,7 +203,7 @@ def test_asyncio_streams(free_port):
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-def test_aiohttp(free_port):
+def test_aiohttp_sees_connector_errors_until_the_server_is_back(free_port):
     """aiohttp: ClientConnectorError while down, the page once the server is up."""
     aiohttp = pytest.importorskip("aiohttp")
     port = free_port()
@@ -224,7 +224,7 @@ def test_aiohttp(free_port):
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-def test_trio_streams(free_port):
+def test_trio_streams_see_connection_errors_until_the_server_is_back(free_port):
     """trio.open_tcp_stream: connection errors while down (trio gets the truth, not retries), then the server."""
     trio = pytest.importorskip("trio")
     port = free_port()

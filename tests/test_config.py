@@ -10,7 +10,7 @@ import selfguard
 from selfguard import _config, testing
 
 
-def test_defaults():
+def test_with_nothing_set_the_defaults_apply():
     """With nothing set: enforce, 2 retries, EADDRNOTAVAIL retried."""
     assert _config.Options("enforce", 2, True) == _config.resolve({}, {})
 

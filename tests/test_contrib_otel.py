@@ -12,9 +12,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
 import selfguard
 from selfguard.contrib import otel
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import require
+from helpers import require_forcing
 
 NAMES = [
     "selfguard.addrnotavail",
@@ -49,7 +49,7 @@ def _values(reader: InMemoryMetricReader) -> dict[str, int]:
 
 def test_collection_reports_the_counters_of_real_self_connects(free_port):
     """After a connect that self-connected on all 3 attempts, the SDK collects 3 self-connects, 2 retries, 1 give-up."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     reader = InMemoryMetricReader()
     otel.register(MeterProvider(metric_readers=[reader]))
     selfguard.install()
@@ -75,7 +75,7 @@ def test_instruments_are_monotonic_cumulative_counters():
 
 def test_values_are_read_at_collection_time(free_port):
     """A self-connect after a first collection shows in the next one."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     reader = InMemoryMetricReader()
     otel.register(MeterProvider(metric_readers=[reader]))
     selfguard.install()
@@ -134,7 +134,7 @@ for rm in reader.get_metrics_data().resource_metrics:
 
 def test_register_without_a_provider_reaches_the_global_provider_set_later(free_port):
     """register() before set_meter_provider() still reports through the SDK provider set afterwards."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     # The global provider can be set once per process, so this runs in its own interpreter.
     done = subprocess.run(
         [sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT, str(free_port())], capture_output=True, text=True, timeout=60

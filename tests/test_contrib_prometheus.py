@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, make_wsgi_ap
 
 import selfguard
 from selfguard.contrib import prometheus
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import require
+from helpers import require_forcing
 
 NAMES = [
     "selfguard_checked_total",
@@ -64,7 +64,7 @@ def endpoint() -> Iterator[tuple[CollectorRegistry, Callable[[], dict[str, float
 
 def test_scrape_exposes_the_counters_of_real_self_connects(endpoint, free_port):
     """After a connect that self-connected on all 3 attempts, a scrape shows 3 self-connects, 2 retries, 1 give-up."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     registry, scrape = endpoint
     prometheus.register(registry)
     selfguard.install()
@@ -89,7 +89,7 @@ def test_every_stats_counter_is_exposed(endpoint):
 
 def test_values_are_read_at_scrape_time(endpoint, free_port):
     """A self-connect that happens after register() and after a first scrape shows in the next scrape."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     registry, scrape = endpoint
     prometheus.register(registry)
     selfguard.install()
@@ -111,7 +111,7 @@ def test_register_twice_returns_the_same_collector(endpoint):
     assert len(NAMES) == len(scrape())
 
 
-def test_unregister_then_register_again():
+def test_unregister_removes_the_series_and_register_brings_them_back():
     """unregister() removes the series, and a later register() brings them back."""
     registry = CollectorRegistry()
     prometheus.register(registry)

@@ -8,11 +8,11 @@ import pytest
 
 import selfguard
 
-from conftest import ADDRESS_FORMS, close_rst
+from helpers import ADDRESS_FORMS, close_rst
 
 
 @pytest.mark.parametrize(("family", "host"), ADDRESS_FORMS)
-def test_detects_a_real_self_connect(forced, free_port, family, host):
+def test_a_real_self_connect_is_detected_in_every_address_form(forced, free_port, family, host):
     """A socket the kernel connected to itself is recognised, whatever the address form."""
     port = free_port()
     sock = forced(port, family)

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 import selfguard
 from selfguard._kernel import read_ephemeral_range
 
+from helpers import same_with_and_without_guard
+
 LOW, HIGH = read_ephemeral_range()
 UNIX_DIR = tempfile.mkdtemp(prefix="selfguard-diff-")
 UNIX_MISSING = os.path.join(UNIX_DIR, "missing")
@@ -110,46 +112,21 @@ CALLS: dict[str, Callable[[socket.socket, Any], Any]] = {
 }
 
 
-def outcome(sock: socket.socket, call: Callable[[], Any]) -> tuple[Any, ...]:
-    """What the call returned or raised, and whether the socket ended up connected."""
-    try:
-        result: tuple[Any, ...] = ("returned", call())
-    except BaseException as exc:  # the point is to compare every outcome
-        result = (type(exc), getattr(exc, "errno", None), str(exc))
-    try:
-        sock.getpeername()
-        state = "connected"
-    except OSError as exc:
-        state = f"not connected ({exc.errno})"
-    return (*result, state)
-
-
 def run_both(make: Callable[[], socket.socket], act: Callable[[socket.socket], Any]) -> tuple[Any, ...]:
-    results = []
-    for guarded in (False, True):
-        if guarded:
-            selfguard.install()
-        sock = make()
-        try:
-            results.append(outcome(sock, lambda: act(sock)))
-        finally:
-            sock.close()
-            selfguard.uninstall()
-            _drain()
-    assert results[0] == results[1]
-    return results[0]
+    """Unguarded, then guarded: the same outcome and socket state (the listener drained after each run)."""
+    return same_with_and_without_guard(make, act, after_each=_drain)
 
 
 @settings(max_examples=1200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(kind=st.sampled_from(sorted(SOCKETS)), call=st.sampled_from(sorted(CALLS)), address=ADDRESSES)
-def test_generated_socket_calls_agree(kind, call, address):
+def test_generated_socket_calls_behave_the_same_with_and_without_the_guard(kind, call, address):
     """1 200 generated (socket, call, address) cases: identical outcomes with and without the guard."""
     run_both(SOCKETS[kind], lambda s: CALLS[call](s, address))
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(address=ADDRESSES, timeout=st.sampled_from([None, 0.5, 2.0]))
-def test_generated_create_connection_calls_agree(address, timeout):
+def test_generated_create_connection_calls_behave_the_same_with_and_without_the_guard(address, timeout):
     """300 generated socket.create_connection() calls: identical outcomes with and without the guard."""
     results = []
     for guarded in (False, True):

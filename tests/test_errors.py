@@ -8,7 +8,7 @@ import pickle
 import selfguard
 
 
-def test_is_a_connection_refused_error_with_econnrefused():
+def test_a_self_connect_error_is_a_connection_refused_error_with_econnrefused():
     """Callers that handle refused connections handle it unchanged."""
     error = selfguard.SelfConnectError(("127.0.0.1", 45000), 3)
     assert isinstance(error, ConnectionRefusedError)
@@ -16,12 +16,12 @@ def test_is_a_connection_refused_error_with_econnrefused():
     assert "127.0.0.1:45000" in str(error) and "3 attempts" in str(error)
 
 
-def test_ipv6_addresses_are_bracketed():
+def test_an_ipv6_address_is_shown_in_brackets():
     """An IPv6 host is shown as [host]:port."""
     assert "[::1]:45000" in str(selfguard.SelfConnectError(("::1", 45000, 0, 0), 2))
 
 
-def test_survives_pickling():
+def test_a_self_connect_error_survives_pickling():
     """multiprocessing and concurrent.futures can carry it across processes intact."""
     error = selfguard.SelfConnectError(("::1", 45000, 0, 0), 3)
     copy = pickle.loads(pickle.dumps(error))

@@ -11,9 +11,7 @@ import sys
 
 import pytest
 
-from selfguard.testing import can_force_self_connect
-
-from conftest import require
+from helpers import require_forcing
 
 SCENARIO = r"""
 import json, socket, sys
@@ -48,7 +46,7 @@ ORDERS = {"install after patch_all": PATCH_ALL + INSTALL, "install before patch_
 def test_gevent_sockets_are_guarded(order, free_port):
     """A gevent socket's reconnects meet forced self-connects and only ever see refusals."""
     pytest.importorskip("gevent")
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     code = ORDERS[order] + SCENARIO
     done = subprocess.run([sys.executable, "-c", code, str(free_port())], capture_output=True, text=True, timeout=60)
     assert 0 == done.returncode, done.stderr

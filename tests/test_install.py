@@ -43,7 +43,7 @@ def test_uninstall_twice_and_without_install_is_harmless():
     assert not selfguard.is_installed()
 
 
-def test_is_installed_tells():
+def test_is_installed_follows_install_and_uninstall():
     """is_installed() follows install() and uninstall()."""
     assert not selfguard.is_installed()
     assert selfguard.install() is True

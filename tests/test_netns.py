@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import require
+from helpers import require
 
 CHILD = r"""
 import json, socket, subprocess, sys

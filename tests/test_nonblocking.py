@@ -1,4 +1,4 @@
-"""Non-blocking connects completed as Tornado, Twisted and trio complete them: the truth, never a self-connection."""
+"""Non-blocking connects completed by SO_ERROR or by connecting again: the truth, never a self-connection."""
 
 from __future__ import annotations
 
@@ -9,14 +9,11 @@ import socket
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import can_bind, close_rst, require
+from helpers import can_bind, close_rst
 
-
-@pytest.fixture(autouse=True)
-def _needs_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+pytestmark = pytest.mark.usefixtures("needs_forcing")
 
 
 def non_blocking(family: int = socket.AF_INET) -> socket.socket:
@@ -78,18 +75,21 @@ def test_a_real_connection_completes_untouched():
     assert {"checked": 1, "self_connects": 0} == {k: selfguard.stats()[k] for k in ("checked", "self_connects")}
 
 
-def test_reading_so_error_before_completion_keeps_watching(free_port):
-    """SO_ERROR read while the connect is still in flight does not end the check."""
+def test_an_so_error_read_before_the_connect_completes_does_not_end_the_check(free_port):
+    """SO_ERROR read before completion (even before the connect is issued) finds nothing; the final read, the truth."""
     selfguard.install()
     port = free_port()
     sock = non_blocking()
     try:
         with force_self_connects(port):
+            # Not during the handshake: on loopback it is over by the time connect_ex() returns,
+            # so a read right after it would already be the completion read.
+            assert 0 == sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
-            # On loopback the handshake is usually done already; either way the
-            # final read must report the truth.
             select.select([], [sock], [], 5)
             assert errno.ECONNREFUSED == sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        assert not selfguard.is_self_connected(sock)
+        assert 1 == selfguard.stats()["self_connects"]
     finally:
         close_rst(sock)
 
@@ -122,3 +122,20 @@ def test_trio_sockets_get_the_truth(free_port):
 
     trio.run(main)
     assert 1 == selfguard.stats()["self_connects"]
+
+
+@pytest.mark.parametrize("api", ["connect", "connect_ex"])
+def test_a_non_blocking_connect_completed_by_connecting_again_gets_the_truth(forced, free_port, api):
+    """gevent and Twisted learn that a non-blocking connect completed from a second connect: it gets the truth too."""
+    selfguard.install()
+    port = free_port()
+    sock = forced(port, timeout=0.0)
+    assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
+    select.select([], [sock], [], 5)
+    if api == "connect":
+        with pytest.raises(selfguard.SelfConnectError):
+            sock.connect(("127.0.0.1", port))
+    else:
+        assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))
+    assert not selfguard.is_self_connected(sock)
+    assert (1, 1) == (selfguard.stats()["self_connects"], selfguard.stats()["gave_up"])

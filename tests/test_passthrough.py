@@ -5,21 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from typing import Any, Callable
 
 import pytest
-from test_differential import run_both
 
 import selfguard
 
-from conftest import outcome
-
-
-def same_with_and_without_guard(
-    make: Callable[[], socket.socket], act: Callable[[socket.socket], Any]
-) -> tuple[Any, ...]:
-    """The hand-picked cases go through the differential test's harness: outcome and socket state must agree."""
-    return run_both(make, act)
+from helpers import outcome, same_with_and_without_guard
 
 
 @pytest.fixture
@@ -53,12 +44,12 @@ BAD_CALLS = {
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CALLS))
-def test_tcp_calls_the_guard_does_not_handle(name, closed_port):
+def test_tcp_calls_the_guard_does_not_handle_behave_as_without_it(name, closed_port):
     """Wrong types, shapes, ports and hosts, refused connects: identical outcomes."""
     same_with_and_without_guard(TCP, lambda s: BAD_CALLS[name](s, closed_port))
 
 
-def test_ipv6_with_flowinfo_and_scope_id(closed_port):
+def test_an_ipv6_address_with_flowinfo_and_scope_id_is_refused_as_unguarded(closed_port):
     """A 4-tuple IPv6 address is validated and refused as without the guard."""
     result = same_with_and_without_guard(
         lambda: socket.socket(socket.AF_INET6), lambda s: s.connect(("::1", closed_port, 0, 0))
@@ -75,7 +66,7 @@ def test_udp_connect_is_untouched(closed_port):
     assert ("returned", ("127.0.0.1", closed_port), "connected") == result
 
 
-def test_closed_socket(closed_port):
+def test_connecting_a_closed_socket_fails_the_same_way(closed_port):
     """Connecting a closed socket fails the same way."""
 
     def act(s):
@@ -85,7 +76,7 @@ def test_closed_socket(closed_port):
     assert OSError is same_with_and_without_guard(TCP, act)[0]
 
 
-def test_already_connected_socket():
+def test_connecting_a_connected_socket_again_fails_with_eisconn_either_way():
     """A second connect on a connected socket fails with EISCONN either way."""
     with socket.create_server(("127.0.0.1", 0)) as srv:
         address = srv.getsockname()
@@ -99,8 +90,8 @@ def test_already_connected_socket():
     assert 106 == result[1]  # EISCONN
 
 
-def test_non_blocking_connect(closed_port):
-    """A non-blocking connect reports what the kernel said, untouched (guarded in a later release)."""
+def test_a_non_blocking_connect_to_a_closed_port_returns_what_the_kernel_said(closed_port):
+    """A non-blocking connect to a closed port returns what the kernel said (EINPROGRESS), as unguarded."""
 
     def make():
         s = socket.socket()
@@ -111,7 +102,7 @@ def test_non_blocking_connect(closed_port):
 
 
 @pytest.mark.parametrize("kind", ["missing", "existing-not-listening", "abstract"])
-def test_unix_sockets(kind):
+def test_unix_socket_connects_behave_as_without_the_guard(kind):
     """AF_UNIX paths, existing, missing and abstract: identical outcomes."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sock")
@@ -124,7 +115,7 @@ def test_unix_sockets(kind):
             bound.close()
 
 
-def test_create_connection_refused(closed_port):
+def test_create_connection_to_a_closed_port_is_refused_the_same_way(closed_port):
     """socket.create_connection() to a closed port raises the same ConnectionRefusedError."""
     results = []
     for guarded in (False, True):

@@ -11,8 +11,9 @@ from typing import Any, Callable
 import pytest
 
 import selfguard
+from selfguard.testing import force_self_connects
 
-from conftest import close_rst
+from helpers import close_rst, require_forcing
 
 
 def _so_error_path(sock: socket.socket, address: Any) -> Any:
@@ -92,6 +93,23 @@ def test_a_handed_back_socket_is_reported_once_on_every_path(free_port, forced, 
     assert reported == selfguard.stats()["self_connects"]
     assert (1 if mode == "relent" else 0) == selfguard.stats()["relented"]
     close_rst(sock)
+
+
+@pytest.mark.parametrize("mode", ["relent", "observe"])
+def test_with_retries_left_a_non_blocking_self_connect_is_still_handed_back_once(free_port, mode):
+    """With retries to spare, relent and observe still hand a non-blocking self-connect back at once, reported once."""
+    require_forcing()
+    selfguard.install(mode=mode)
+    port = free_port()
+    sock = socket.socket()
+    sock.setblocking(False)
+    with force_self_connects(port):
+        sock.connect_ex(("127.0.0.1", port))
+        select.select([], [sock], [], 5)
+        for _ in range(3):
+            assert 0 == sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    close_rst(sock)
+    assert 1 == selfguard.stats()["self_connects"]
 
 
 def test_so_error_with_a_buffer_length_gets_the_truth_as_bytes(free_port, forced):

@@ -9,9 +9,7 @@ from importlib.metadata import distribution
 
 import pytest
 
-from selfguard.testing import can_force_self_connect
-
-from conftest import require
+from helpers import require_forcing
 
 pytest_plugins = ["pytester"]
 
@@ -110,7 +108,7 @@ def test_a_guard_installed_before_the_session_stays(pytester):
 
 def test_the_events_fixture_sees_a_real_forced_self_connect(pytester, free_port):
     """selfguard_events lists the events of its own test only: the three self-connects and the give-up."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     pytester.makepyfile(SELF_CONNECT_TEST.format(port=free_port()))
     pytester.runpytest_subprocess(timeout=120).assert_outcomes(passed=2)
 
@@ -133,7 +131,7 @@ def test_the_events_fixture_installs_the_guard_only_for_its_test(pytester):
 
 def test_the_force_self_connects_fixture_is_the_testing_helper(pytester):
     """The force_self_connects fixture is selfguard.testing.force_self_connects."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     pytester.makepyfile(
         """
         import selfguard.testing
@@ -147,7 +145,7 @@ def test_the_force_self_connects_fixture_is_the_testing_helper(pytester):
 
 def test_the_summary_counts_the_self_connects_caught(pytester, free_port):
     """With --selfguard, the terminal summary reports the self-connects the guard caught during the session."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     pytester.makepyfile(SELF_CONNECT_TEST.format(port=free_port()))
     result = pytester.runpytest_subprocess("--selfguard", timeout=120)
     result.assert_outcomes(passed=2)

@@ -16,23 +16,18 @@ import pytest
 
 import selfguard
 from selfguard import testing
-from selfguard.testing import can_force_self_connect, force_self_connect
+from selfguard.testing import force_self_connect
 
-from conftest import require
+from helpers import LINGER_RST, open_fds, require_forcing
 
 CONNECTS = 1_000_000
 FORCE_EVERY = 1_000  # one connect in a thousand meets a self-connect (three, with its retries)
 SERVE_EVERY = 100  # one in a hundred reaches a real server; the rest are refused
-LINGER_RST = b"\x01\0\0\0\0\0\0\0"
 
 
 def rss_kib() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture
@@ -46,14 +41,14 @@ def quiet_guard():
 
 
 @pytest.mark.soak
-def test_a_million_guarded_connects(free_port, capsys, quiet_guard):
+def test_a_million_guarded_connects_leak_nothing_and_count_exactly(free_port, capsys, quiet_guard):
     """1 000 000 connects (1 % to a server, 0.1 % forced to self-connect): no leak, exact counters.
 
     The refused dials go to a closed port of the parity connect() tries first,
     so they meet real self-connects now and then, as a reconnect loop does
     (about 7 per 100 000 here): each is caught and retried once.
     """
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     selfguard.install()
     server = socket.create_server(("127.0.0.1", 0), backlog=128)
     closed, forced_port = testing.free_port(connect_parity=True), free_port()

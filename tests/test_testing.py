@@ -7,14 +7,11 @@ import socket
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, force_self_connects
+from selfguard.testing import force_self_connects
 
-from conftest import close_rst, require
+from helpers import close_rst
 
-
-@pytest.fixture(autouse=True)
-def _needs_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+pytestmark = pytest.mark.usefixtures("needs_forcing")
 
 
 def test_unguarded_the_forced_connect_really_self_connects(free_port):

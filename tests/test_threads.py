@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -11,21 +10,15 @@ import pytest
 
 import selfguard
 from selfguard import testing
-from selfguard.testing import can_force_self_connect, force_self_connect
+from selfguard.testing import force_self_connect
 
-from conftest import close_rst, require
+from helpers import close_rst, open_fds
 
 THREADS = 16
 ROUNDS = 40
 
 
-@pytest.fixture(autouse=True)
-def _needs_forcing():
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+pytestmark = pytest.mark.usefixtures("needs_forcing")
 
 
 def worker(port: int, forced: bool, barrier: threading.Barrier, seen: list[str]) -> None:
@@ -52,7 +45,7 @@ def cold_range_cache():
     testing.reset()
 
 
-def test_sixteen_threads_half_of_them_meeting_self_connects(free_port, cold_range_cache):
+def test_sixteen_threads_half_meeting_self_connects_count_exactly_and_leak_nothing(free_port, cold_range_cache):
     """8 threads meet forced self-connects, 8 reach a real server; the counters add up to the last event."""
     selfguard.install()
     server = socket.create_server(("127.0.0.1", 0), backlog=THREADS * ROUNDS)
@@ -89,7 +82,7 @@ def test_sixteen_threads_half_of_them_meeting_self_connects(free_port, cold_rang
     assert before - 1 == open_fds()  # all sockets closed; the server too
 
 
-def test_install_and_uninstall_while_threads_connect(free_port, cold_range_cache):
+def test_toggling_the_guard_while_threads_connect_never_crashes_hangs_or_leaks(free_port, cold_range_cache):
     """Toggling the guard under load never crashes, hangs or leaks; outcomes are only ever the two legitimate ones."""
     port_per_thread = [free_port() for _ in range(THREADS)]
     before = open_fds()

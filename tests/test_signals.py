@@ -1,66 +1,17 @@
-"""fork, signals and timeouts: the guard in a forked child, EINTR as CPython handles it, retries inside the timeout."""
+"""Signals during a guarded connect: EINTR retried as CPython does, a raising handler's exception let through."""
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 import selfguard
-from selfguard.testing import can_force_self_connect, set_port_range
+from selfguard.testing import set_port_range
 
-from conftest import full_backlog_server, require
-
-FORK = r"""
-import json, os, socket, selfguard
-from selfguard.testing import force_self_connect, free_port
-
-def self_connect_once():
-    port = free_port()
-    sock = socket.socket()
-    force_self_connect(sock, port)
-    try:
-        sock.connect(("127.0.0.1", port))
-    except selfguard.SelfConnectError:
-        return "SelfConnectError"
-    finally:
-        sock.close()
-    return "no error"
-
-selfguard.install()
-parent_outcome = self_connect_once()
-parent_before = selfguard.stats()
-read_end, write_end = os.pipe()
-pid = os.fork()
-if pid == 0:
-    report = {"start": selfguard.stats(), "outcome": self_connect_once(), "end": selfguard.stats()}
-    os.write(write_end, json.dumps(report).encode())
-    os._exit(0)
-os.close(write_end)
-child = json.loads(os.read(read_end, 65536))
-os.waitpid(pid, 0)
-print(json.dumps({"parent_outcome": parent_outcome, "parent_before": parent_before,
-                  "parent_after": selfguard.stats(), "child": child}))
-"""
-
-
-def test_a_forked_child_is_guarded_with_counters_of_its_own():
-    """The guard works in a forked child; the child's counters start at zero and the parent's stay its own."""
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
-    done = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=60)
-    assert 0 == done.returncode, done.stderr
-    report = json.loads(done.stdout)
-    child = report["child"]
-    assert ("SelfConnectError", "SelfConnectError") == (report["parent_outcome"], child["outcome"])
-    assert all(0 == value for value in child["start"].values())
-    assert (3, 1) == (child["end"]["self_connects"], child["end"]["gave_up"])
-    assert report["parent_before"] == report["parent_after"]
-    assert 3 == report["parent_after"]["self_connects"]
+from helpers import full_backlog_server
 
 
 @pytest.mark.parametrize("guarded", [False, True])
@@ -97,7 +48,7 @@ def _raise_interrupted(signum, frame):
     raise Interrupted
 
 
-def test_a_signal_handler_that_raises_during_a_retry(forced, free_port):
+def test_a_signal_handlers_exception_during_a_retry_comes_out_of_connect(forced, free_port):
     """The handler's exception comes out of connect() as it would unguarded, and the socket keeps its timeout."""
     selfguard.install()
     port = free_port()
