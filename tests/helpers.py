@@ -65,6 +65,17 @@ def can_bind(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def port_in_time_wait(forced: Callable[[int], socket.socket], port: int) -> None:
+    """Leave 127.0.0.1:port -> itself in TIME_WAIT, as an unguarded self-connect closed with close() does.
+
+    A later connect from a socket forced onto *port* then fails with a
+    spurious EADDRNOTAVAIL: the kernel's only choice of source port is taken.
+    """
+    sock = forced(port)
+    sock.connect(("127.0.0.1", port))
+    sock.close()  # plain close: TIME_WAIT for ~60 s
+
+
 def full_backlog_server(port: int) -> list[socket.socket]:
     """A listener on *port* whose backlog is full: a further connect to it hangs until its timeout.
 

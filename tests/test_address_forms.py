@@ -10,7 +10,7 @@ import pytest
 
 import selfguard
 
-from conftest import close_rst
+from helpers import close_rst
 
 Address = collections.namedtuple("Address", "host port")
 

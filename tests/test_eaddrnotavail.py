@@ -10,18 +10,13 @@ import pytest
 import selfguard
 from selfguard.testing import set_port_range
 
-
-def _port_in_time_wait(forced, port):
-    """Leave 127.0.0.1:port -> itself in TIME_WAIT, as an unguarded self-connect closed with close() does."""
-    sock = forced(port)
-    sock.connect(("127.0.0.1", port))
-    sock.close()  # plain close: TIME_WAIT for ~60 s
+from helpers import port_in_time_wait
 
 
 def test_spurious_eaddrnotavail_is_retried_within_the_budget(forced, free_port):
     """A kernel-picked port that fails with EADDRNOTAVAIL is retried, then the last error is raised as it was."""
     port = free_port()
-    _port_in_time_wait(forced, port)
+    port_in_time_wait(forced, port)
     probe = forced(port)
     assert errno.EADDRNOTAVAIL == probe.connect_ex(("127.0.0.1", port))  # the situation, unguarded
 
@@ -36,7 +31,7 @@ def test_spurious_eaddrnotavail_is_retried_within_the_budget(forced, free_port):
 def test_an_eaddrnotavail_retry_can_succeed(forced, free_port):
     """When a retry may use another port, it gets through: here to the truth, connection refused."""
     port = free_port()
-    _port_in_time_wait(forced, port)
+    port_in_time_wait(forced, port)
     selfguard.install()
     sock = forced(port)
     selfguard.add_listener(lambda event: event.kind == "retry" and set_port_range(sock, 0, 0))
@@ -47,7 +42,7 @@ def test_an_eaddrnotavail_retry_can_succeed(forced, free_port):
 def test_eaddrnotavail_retries_can_be_turned_off(forced, free_port):
     """retry_addrnotavail=False returns the first EADDRNOTAVAIL untouched."""
     port = free_port()
-    _port_in_time_wait(forced, port)
+    port_in_time_wait(forced, port)
     selfguard.install(retry_addrnotavail=False)
     assert errno.EADDRNOTAVAIL == forced(port).connect_ex(("127.0.0.1", port))
     assert 0 == selfguard.stats()["retries"]

@@ -13,7 +13,7 @@ import selfguard
 from selfguard._kernel import read_ephemeral_range
 from selfguard.testing import set_port_range
 
-from conftest import can_bind, close_rst, outcome, require
+from helpers import can_bind, close_rst, outcome, require
 
 MSG_FASTOPEN = int(getattr(socket, "MSG_FASTOPEN", 0x20000000))
 

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import require
+from helpers import require, require_forcing
 
 # The main thread learns this namespace's range; a thread setns()s into a
 # namespace whose range is 40000-40001 and, after the cache is due for a
@@ -68,9 +68,7 @@ def other_namespace():
 
 def test_a_thread_in_another_namespace_does_not_narrow_the_guards_range(other_namespace):
     """After a thread reads a narrower range elsewhere, a self-connect in this namespace is still caught."""
-    from selfguard.testing import can_force_self_connect
-
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     done = subprocess.run([sys.executable, "-c", SCRIPT, other_namespace], capture_output=True, text=True, timeout=60)
     assert 0 == done.returncode, done.stderr[-2000:]
     assert '"SelfConnectError"' in done.stdout, done.stdout

@@ -11,7 +11,7 @@ import pytest
 
 import selfguard
 
-from conftest import can_bind, require
+from helpers import can_bind, require_forcing
 
 # The main thread self-connects (forced) as fast as it can, so the guard is
 # publishing events nearly all the time; a 1 ms interval timer interrupts it
@@ -55,9 +55,7 @@ print(json.dumps({"dials": dials, "handled": handled, "stats": selfguard.stats()
 
 def test_a_signal_handler_that_reads_stats_and_connects_never_deadlocks(free_port):
     """A handler landing while the guard reports cannot deadlock it: no lock on the reporting path is re-entered."""
-    from selfguard.testing import can_force_self_connect
-
-    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    require_forcing()
     try:
         done = subprocess.run(
             [sys.executable, "-c", SIGNAL_HANDLER, str(free_port())], capture_output=True, text=True, timeout=30

@@ -9,14 +9,7 @@ import pytest
 
 import selfguard
 
-from conftest import outcome
-
-
-def _port_in_time_wait(forced, port):
-    """Leave 127.0.0.1:port -> itself in TIME_WAIT, as an unguarded self-connect closed with close() does."""
-    sock = forced(port)
-    sock.connect(("127.0.0.1", port))
-    sock.close()  # plain close: TIME_WAIT for ~60 s
+from helpers import outcome, port_in_time_wait
 
 
 @pytest.mark.parametrize("timeout", [1e-4, 1e-6])
@@ -24,7 +17,7 @@ def _port_in_time_wait(forced, port):
 def test_eaddrnotavail_under_a_tiny_timeout_is_the_stdlibs(forced, free_port, timeout, api):
     """With no time left to retry, EADDRNOTAVAIL is reported as the stdlib reports it: errno 99, not a timeout."""
     port = free_port()
-    _port_in_time_wait(forced, port)
+    port_in_time_wait(forced, port)
 
     def dial():
         sock = forced(port, timeout=timeout)

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from conftest import require
+from helpers import require
 
 pytest.importorskip("uvloop", reason="uvloop is in the test extra")
 
