@@ -13,6 +13,7 @@ one connect() tries first, so no generated connect can self-connect by chance
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import socket
 import tempfile
@@ -54,6 +55,20 @@ def _closed_port_in_range(n: int) -> int:
     return port
 
 
+Address = collections.namedtuple("Address", "host port")
+MSG_FASTOPEN = int(getattr(socket, "MSG_FASTOPEN", 0x20000000))
+
+
+class IndexPort:
+    """A port like numpy.int64: not an int, but with __index__, which the socket module honours."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
 HOSTS = st.sampled_from(
     ["127.0.0.1", "127.1", "127.0.0.2", "0.0.0.0", "::1", "::ffff:127.0.0.1", "", "localhost", b"127.0.0.1",
      "127.0.0.1\x00x", "a" * 300, "::1%lo", "fe80::1%999999"]
@@ -63,6 +78,9 @@ PORTS = st.one_of(
     st.just(LISTENING),
     st.sampled_from([0, 1, 79, 1023, 65535, 65536, -1, 2**31, 2**64]),
     st.sampled_from([True, 1.5, "80", None, b"80"]),
+    st.integers(0, 9999).map(_closed_port_in_range).map(IndexPort),
+    st.just(IndexPort(LISTENING)),
+    st.sampled_from([IndexPort(70000), IndexPort(-1)]),
 )
 ADDRESSES = st.one_of(
     st.tuples(HOSTS, PORTS),
@@ -72,6 +90,7 @@ ADDRESSES = st.one_of(
     st.tuples(HOSTS, PORTS, st.just(0), st.just(0), st.just(0)),
     st.sampled_from([UNIX_MISSING, UNIX_STALE, "\0selfguard-abstract", "", b"\0x", None, 80, ["127.0.0.1", 80]]),
     st.tuples(HOSTS, PORTS).map(list),
+    st.tuples(HOSTS, PORTS).map(lambda pair: Address(*pair)),
 )
 
 SOCKETS: dict[str, Callable[[], socket.socket]] = {
@@ -109,6 +128,9 @@ CALLS: dict[str, Callable[[socket.socket, Any], Any]] = {
     "connect with extra argument": lambda s, a: s.connect(a, 1),
     "connect_ex by keyword": lambda s, a: s.connect_ex(address=a),
     "connect without argument": lambda s, a: s.connect(),
+    "sendto with MSG_FASTOPEN": lambda s, a: s.sendto(b"x", MSG_FASTOPEN, a),
+    "sendmsg with MSG_FASTOPEN": lambda s, a: s.sendmsg([b"x"], [], MSG_FASTOPEN, a),
+    "sendto without flags": lambda s, a: s.sendto(b"x", a),
 }
 
 
@@ -117,10 +139,10 @@ def run_both(make: Callable[[], socket.socket], act: Callable[[socket.socket], A
     return same_with_and_without_guard(make, act, after_each=_drain)
 
 
-@settings(max_examples=1200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1800, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(kind=st.sampled_from(sorted(SOCKETS)), call=st.sampled_from(sorted(CALLS)), address=ADDRESSES)
 def test_generated_socket_calls_behave_the_same_with_and_without_the_guard(kind, call, address):
-    """1 200 generated (socket, call, address) cases: identical outcomes with and without the guard."""
+    """1 800 generated (socket, call, address) cases, Fast Open sends included: identical with and without the guard."""
     run_both(SOCKETS[kind], lambda s: CALLS[call](s, address))
 
 
