@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, TextIO
 
 from . import install, is_self_connected, stats, uninstall
 from ._kernel import read_ephemeral_range
-from .testing import free_port
+from ._ports import free_port
 
 DEFAULT_MAX_ATTEMPTS = 1_000_000
 DEFAULT_MAX_SECONDS = 60.0

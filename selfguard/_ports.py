@@ -1,0 +1,38 @@
+"""Ports for the command line: a free port to dial, port lists in the kernel's syntax, and connect()'s parity."""
+
+from __future__ import annotations
+
+import random
+import socket
+from typing import Container, Optional
+
+from ._kernel import read_ephemeral_range, read_reserved_ports
+
+
+def free_port(
+    low: Optional[int] = None, high: Optional[int] = None, *, connect_parity: bool = False, avoid: Container[int] = ()
+) -> int:
+    """Return a port in low..high (default: the ephemeral range) that nothing holds and that is not reserved.
+
+    connect_parity=True keeps to ports of the range's low end's parity: Linux's
+    connect() tries source ports of that parity first (bind() the others), so
+    only those ever self-connect in a brute-force reconnect loop on an idle host.
+    """
+    if low is None or high is None:
+        low, high = read_ephemeral_range()
+    reserved = read_reserved_ports()
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if connect_parity:
+            port -= (port - low) % 2
+        if port in avoid or any(a <= port <= b for a, b in reserved):
+            continue
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        return port
+    raise RuntimeError(f"no free port in {low}-{high}")
