@@ -8,11 +8,15 @@ import os
 import re
 import socket
 import struct
-import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from ._kernel import RANGE_FILE, RESERVED_FILE, read_ephemeral_range, read_reserved_ports
+from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun
+from ._kernel import RANGE_FILE, RESERVED_FILE, read_reserved_ports
+from ._ports import ephemeral_range
+
+if TYPE_CHECKING:
+    from ._cli import Commands
 
 TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 LISTEN = "0A"  # TCP_LISTEN in include/net/tcp_states.h, as /proc/net/tcp prints it
@@ -118,7 +122,7 @@ def socket_owners(inodes: set[int], proc: str = "/proc") -> dict[int, list[str]]
 
 def examine(requested: Sequence[int]) -> dict[str, Any]:
     """Look at the range, the reserved ports and every listening or requested port; return the findings."""
-    low, high = read_ephemeral_range()
+    low, high = ephemeral_range()
     reserved = read_reserved_ports()
 
     ports: dict[int, Port] = {}
@@ -208,7 +212,25 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+DESCRIPTION = f"""\
+List this host's listening TCP ports (and the ports given with --port) that lie
+inside the ephemeral port range and are not reserved, and print the sysctl
+setting that reserves them.
+
+exit status:
+  {EXIT_OK}  nothing at risk
+  {EXIT_FOUND}  some port at risk
+  {EXIT_USAGE}  usage error
+  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable"""
+
+
+def register(commands: Commands) -> None:
+    """Add the `doctor` command to the `selfguard` parser's subcommands."""
+    parser = commands.add_parser(
+        "doctor",
+        help="find the server ports of this host that clients could connect themselves to",
+        description=DESCRIPTION,
+    )
     parser.add_argument(
         "--port",
         type=port_number,
@@ -218,21 +240,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also check port P, for a service that is down right now (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status: 0 nothing at risk, 1 some port at risk, 2 this host could not be examined."""
+    """Run the command; its exit status is in DESCRIPTION."""
     try:
         report = examine(args.port)
     except (OSError, ValueError) as exc:
-        # Not Linux, or a /proc this process may not read.
-        print(f"selfguard doctor: cannot examine this host: {exc}", file=sys.stderr)
-        return 2
+        # A /proc this process may not read.
+        raise CannotRun(f"cannot examine this host: {exc}") from exc
     print(json.dumps(report, indent=2) if args.json else render(report))
-    return 1 if report["at_risk"] else 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="selfguard doctor")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return EXIT_FOUND if report["at_risk"] else EXIT_OK

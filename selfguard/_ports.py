@@ -6,7 +6,20 @@ import random
 import socket
 from typing import Container, Optional
 
+from ._cli import CannotRun
 from ._kernel import read_ephemeral_range, read_reserved_ports
+
+RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The (low, high) ports the kernel picks source ports from, or CannotRun saying why not."""
+    try:
+        return read_ephemeral_range(RANGE_FILE)
+    except (OSError, ValueError) as exc:
+        # read_ephemeral_range's own errors ("not enough values to unpack")
+        # do not say what was being read.
+        raise CannotRun(f"cannot read the ephemeral port range from {RANGE_FILE}: {exc}") from exc
 
 
 def free_port(

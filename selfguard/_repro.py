@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Optional, TextIO
 
 from . import install, is_self_connected, stats, uninstall
-from ._kernel import read_ephemeral_range
-from ._ports import free_port
+from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count, positive_count, positive_seconds
+from ._ports import ephemeral_range, free_port
+
+if TYPE_CHECKING:
+    from ._cli import Commands
 
 DEFAULT_MAX_ATTEMPTS = 1_000_000
 DEFAULT_MAX_SECONDS = 60.0
@@ -195,7 +197,7 @@ def _bound_hit(phase: Phase, max_attempts: int, what: str) -> str:
 
 def reproduce(max_attempts: int, max_seconds: float, progress: _Progress) -> dict[str, Any]:
     """Run the unguarded phase, then (if it showed the bug) the guarded one; return the findings."""
-    low, high = read_ephemeral_range()
+    low, high = ephemeral_range()
     report: dict[str, Any] = {
         "ephemeral_range": [low, high],
         "max_attempts": max_attempts,
@@ -268,44 +270,49 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected {what}")
-        return value
+DESCRIPTION = f"""\
+Dial a closed port on 127.0.0.1 with fresh sockets until one connects to itself
+(as `while true; do telnet 127.0.0.1 40000; done` does), then do it again with
+selfguard installed. It needs no kernel option and no root.
 
-    return parse
+exit status:
+  {EXIT_OK}  shown: the bug unguarded, and the guard catching it
+  {EXIT_FOUND}  not shown: a bound was hit first, or the guard did not do its job
+  {EXIT_USAGE}  usage error
+  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no free port"""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def register(commands: Commands) -> None:
+    """Add the `repro` command to the `selfguard` parser's subcommands."""
+    parser = commands.add_parser(
+        "repro",
+        help="show a real self-connect on this machine, unguarded and then guarded (the default command)",
+        description=DESCRIPTION,
+    )
     parser.add_argument(
         "--max-attempts",
-        type=_positive(int, "a whole number above 0"),
+        type=positive_count,
         default=DEFAULT_MAX_ATTEMPTS,
         metavar="N",
-        help=f"give up a phase after N dials (default {DEFAULT_MAX_ATTEMPTS:_})",
+        help=f"give up a phase after N dials (default {count(DEFAULT_MAX_ATTEMPTS)})",
     )
     parser.add_argument(
         "--max-seconds",
-        type=_positive(float, "a number of seconds above 0"),
+        type=positive_seconds,
         default=DEFAULT_MAX_SECONDS,
         metavar="S",
         help=f"give up a phase after S seconds (default {DEFAULT_MAX_SECONDS:g})",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status: 0 shown, 1 not shown (a bound was hit, or the guard did not do its job), 2 could not run."""
+    """Run the command; its exit status is in DESCRIPTION."""
     try:
         report = reproduce(args.max_attempts, args.max_seconds, _Progress(sys.stderr))
     except (OSError, ValueError, RuntimeError) as exc:
-        # Not Linux, a /proc this process may not read, or no free port.
-        print(f"selfguard repro: cannot run here: {exc}", file=sys.stderr)
-        return 2
+        # No free port, or sockets refused outright.
+        raise CannotRun(f"cannot run here: {exc}") from exc
     print(json.dumps(report, indent=2) if args.json else render(report))
-    return 0 if report["demonstrated"] else 1
+    return EXIT_OK if report["demonstrated"] else EXIT_FOUND
