@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
-from typing import Container, Optional
+from typing import Container, Iterable, Optional
 
 from ._cli import CannotRun
 from ._kernel import read_ephemeral_range, read_reserved_ports
@@ -49,3 +49,34 @@ def free_port(
             probe.close()
         return port
     raise RuntimeError(f"no free port in {low}-{high}")
+
+
+def format_port_list(ranges: Iterable[tuple[int, int]]) -> str:
+    """Merge overlapping and adjacent ranges and write them as the kernel does ("8080,9000-9010")."""
+    merged: list[list[int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in merged)
+
+
+def covers(ranges: Iterable[tuple[int, int]], port: int) -> bool:
+    """Tell whether *port* lies in one of the (low, high) *ranges*."""
+    return any(low <= port <= high for low, high in ranges)
+
+
+def parity(port: int) -> str:
+    """ "even" or "odd"."""
+    return "odd" if port % 2 else "even"
+
+
+def connect_tries_first(port: int, low: int) -> bool:
+    """Tell whether connect() tries *port* in its first pass over a range starting at *low*.
+
+    Linux's __inet_hash_connect scans source ports of the low end's parity
+    first and the others only when those are all taken; inet_csk_find_open_port
+    (bind to port 0) prefers the other parity, "to not pollute connect() users".
+    """
+    return (port - low) % 2 == 0

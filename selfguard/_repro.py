@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import install, stats, uninstall
 from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count, positive_count, positive_seconds
-from ._ports import ephemeral_range, free_port
+from ._ports import ephemeral_range, free_port, parity
 from ._reconnect import Progress, guarded, unguarded
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def reproduce(low: int, high: int, max_attempts: int, max_seconds: float, progre
     """Run the unguarded phase, then (if it showed the bug) the guarded one; return the findings."""
     report: dict[str, Any] = {
         "ephemeral_range": [low, high],
-        "connect_parity": _parity(low),
+        "connect_parity": parity(low),
         "max_attempts": max_attempts,
         "max_seconds": max_seconds,
         "phases": [],
@@ -104,10 +104,6 @@ def reproduce(low: int, high: int, max_attempts: int, max_seconds: float, progre
     return report
 
 
-def _parity(port: int) -> str:
-    return "odd" if port % 2 else "even"
-
-
 def _dials(n: int) -> str:
     return "1 dial" if n == 1 else f"{count(n)} dials"
 
@@ -115,9 +111,9 @@ def _dials(n: int) -> str:
 def heading(low: int, high: int, max_attempts: int, max_seconds: float) -> str:
     """What the run is about to do, printed before it starts."""
     return (
-        f"Dialling closed {_parity(low)} ports on 127.0.0.1 with fresh sockets until one connects to itself; "
+        f"Dialling closed {parity(low)} ports on 127.0.0.1 with fresh sockets until one connects to itself; "
         f"at most {_dials(max_attempts)} or {max_seconds:g} s per phase.\n"
-        f"{_parity(low).capitalize()}, as the ephemeral range {low}-{high} starts: connect() tries source ports "
+        f"{parity(low).capitalize()}, as the ephemeral range {low}-{high} starts: connect() tries source ports "
         "of that parity first."
     )
 
