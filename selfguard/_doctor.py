@@ -13,6 +13,7 @@ from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun
 from ._kernel import parse_port_list
 from ._listeners import listening_sockets, socket_owners
 from ._ports import RANGE_FILE, connect_tries_first, covers, ephemeral_range, format_port_list, parity
+from ._recipes import container_recipes, render_recipes
 
 if TYPE_CHECKING:
     from ._cli import Commands
@@ -114,6 +115,7 @@ def examine(requested: Sequence[int]) -> dict[str, Any]:
         "sysctl_command": f"sysctl -w {SYSCTL}={setting}" if setting else None,
         "sysctl_conf_line": f"{SYSCTL} = {setting}" if setting else None,
         "sysctl_conf_file": SYSCTL_FILE,
+        "containers": container_recipes(setting) if setting else None,
     }
 
 
@@ -162,7 +164,8 @@ def render(report: dict[str, Any]) -> str:
             f"To keep it across reboots, put this line in {report['sysctl_conf_file']}:",
             f"  {report['sysctl_conf_line']}",
             "Reserve only ports a service uses every time (a port from bind(0) changes at each start).",
-            "The setting is per network namespace: containers need it in theirs.",
+            "",
+            *render_recipes(report["containers"]),
         ]
     return "\n".join(lines)
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 from typing import Any
 
 import pytest
+import yaml
 from netns_doctor import in_netns
 
 from selfguard._kernel import parse_port_list, read_ephemeral_range, read_reserved_ports
 from selfguard._ports import format_port_list
+from selfguard._recipes import container_recipes
 
 from conftest import require
 
@@ -207,3 +211,50 @@ def test_the_ranking_matches_the_self_connects_measured(low):
     # Two ports of the first parity: about half the dials to `low` pick it (measured here: 87-103 of 200).
     assert met[str(low)] >= dials // 10, met
     assert 0 == met[str(low + 1)], met
+
+
+def test_the_container_recipes_are_well_formed(free_port):
+    """docker run, a Kubernetes pod and a compose service, in JSON and text, each setting the reservation for real."""
+    port = free_port()
+    done = doctor("--json", "--port", str(port))
+    assert 1 == done.returncode, done.stderr
+    report = json.loads(done.stdout)
+    setting, recipes = report["reserved_after"], report["containers"]
+    assert str(port) in setting.split(",")
+    assert ["docker", "run", "--sysctl", f"net.ipv4.ip_local_reserved_ports={setting}", "IMAGE"] == shlex.split(
+        recipes["docker_run"]
+    )
+    pod = yaml.safe_load(recipes["kubernetes_pod"])
+    assert {
+        "spec": {"securityContext": {"sysctls": [{"name": "net.ipv4.ip_local_reserved_ports", "value": setting}]}}
+    } == pod
+    compose = yaml.safe_load(recipes["docker_compose"])
+    assert {"services": {"SERVICE": {"sysctls": {"net.ipv4.ip_local_reserved_ports": setting}}}} == compose
+
+    text = doctor("--port", str(port)).stdout
+    assert f"  {recipes['docker_run']}\n" in text
+    for snippet in ("kubernetes_pod", "docker_compose"):
+        assert textwrap.indent(recipes[snippet], "    ") in text
+
+
+def test_a_lone_port_stays_a_string_in_the_yaml():
+    """Kubernetes and compose want sysctl values as strings: a single port must not turn into a YAML integer."""
+    recipes = container_recipes("40000")
+    assert "40000" == yaml.safe_load(recipes["kubernetes_pod"])["spec"]["securityContext"]["sysctls"][0]["value"]
+    assert (
+        "40000"
+        == yaml.safe_load(recipes["docker_compose"])["services"]["SERVICE"]["sysctls"][
+            "net.ipv4.ip_local_reserved_ports"
+        ]
+    )
+
+
+def test_nothing_at_risk_prints_no_recipes():
+    """Without a port at risk there is nothing to reserve, in containers or anywhere."""
+    require_netns()
+    low, _ = read_ephemeral_range()
+    done = doctor("--json", "--port", str(low - 1), netns_reserved="")
+    assert 0 == done.returncode, done.stderr
+    assert json.loads(done.stdout)["containers"] is None
+    text = doctor("--port", str(low - 1), netns_reserved="")
+    assert "docker" not in text.stdout and "Kubernetes" not in text.stdout
