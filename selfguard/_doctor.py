@@ -9,17 +9,15 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun
-from ._kernel import parse_port_list
+from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count
 from ._listeners import listening_sockets, socket_owners
 from ._ports import RANGE_FILE, connect_tries_first, covers, ephemeral_range, format_port_list, parity
 from ._recipes import container_recipes, render_recipes
+from ._reserve import RESERVED_FILE, SYSCTL, carry_out, plan, read_reserved, render_apply
 
 if TYPE_CHECKING:
     from ._cli import Commands
 
-SYSCTL = "net.ipv4.ip_local_reserved_ports"
-RESERVED_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 SYSCTL_FILE = "/etc/sysctl.d/90-selfguard.conf"
 
 RISK = (
@@ -51,14 +49,6 @@ def port_number(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a whole number from 1 to 65535")
     return int(text)
-
-
-def read_reserved() -> list[tuple[int, int]]:
-    """net.ipv4.ip_local_reserved_ports as ranges; unlike _kernel's reader, an unreadable file is an error."""
-    # Counting an unreadable list as empty would make --apply write a list
-    # that drops every reservation already there.
-    with open(RESERVED_FILE) as f:
-        return parse_port_list(f.read())
 
 
 def _verdict(entry: Port, low: int, high: int) -> None:
@@ -154,15 +144,20 @@ def render(report: dict[str, Any]) -> str:
         lines.append("Safe:")
         lines += [f"  {_describe(p)}: {p['reason']}" for p in safe]
     if quiet:
-        lines.append(f"  ({quiet} other listening port(s) lie outside the ephemeral range: safe)")
-    if risky:
+        lines.append(f"  ({count(quiet)} other listening port(s) lie outside the ephemeral range: safe)")
+    if "apply" in report:
+        lines += ["", *render_apply(report["apply"], SYSCTL_FILE)]
+    elif risky:
         lines += [
             "",
             "Reserve the ports at risk, so the kernel never hands them out as source ports (root; takes effect",
-            "at once; servers can still bind reserved ports):",
+            "at once; servers can still bind reserved ports), with --apply or by hand:",
             f"  {report['sysctl_command']}",
-            f"To keep it across reboots, put this line in {report['sysctl_conf_file']}:",
+            f"To keep it across reboots (--persist FILE), put this line in {report['sysctl_conf_file']}:",
             f"  {report['sysctl_conf_line']}",
+        ]
+    if risky:
+        lines += [
             "Reserve only ports a service uses every time (a port from bind(0) changes at each start).",
             "",
             *render_recipes(report["containers"]),
@@ -173,7 +168,7 @@ def render(report: dict[str, Any]) -> str:
 DESCRIPTION = f"""\
 List this host's listening TCP ports (and the ports given with --port) that lie
 inside the ephemeral port range and are not reserved, rank each one's risk, and
-print the sysctl setting that reserves them.
+print the sysctl setting that reserves them, with recipes for containers.
 
 A port of the same parity as the range's low end is at high risk: connect()
 tries those source ports first (measured with 32768-60999: about 7 self-connects
@@ -181,18 +176,26 @@ per 100,000 dials to such a closed port). The other parity is at low risk:
 connect() picks those only when every port of the first parity is taken (0 in
 300,000 dials measured).
 
+--apply adds the ports at risk to {SYSCTL} in this network
+namespace (root only), merged with the ports reserved already: it never removes
+one, and does nothing when nothing is at risk. --persist FILE also writes the
+setting to a sysctl.d file (atomically; its other lines are kept) when a port
+checked in the range is not reserved there yet. --dry-run shows what --apply
+and --persist would change, before and after, and writes nothing.
+
 exit status:
-  {EXIT_OK}  nothing at risk
-  {EXIT_FOUND}  some port at risk
+  {EXIT_OK}  nothing at risk (with --apply: every port at risk is reserved now)
+  {EXIT_FOUND}  some port at risk (with --dry-run: still at risk)
   {EXIT_USAGE}  usage error
-  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable"""
+  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write (--apply
+     without root, an unwritable --persist FILE); then nothing was written"""
 
 
 def register(commands: Commands) -> None:
     """Add the `doctor` command to the `selfguard` parser's subcommands."""
     parser = commands.add_parser(
         "doctor",
-        help="find the server ports of this host that clients could connect themselves to",
+        help="find the server ports of this host that clients could connect themselves to; reserve them (--apply)",
         description=DESCRIPTION,
     )
     parser.add_argument(
@@ -204,15 +207,43 @@ def register(commands: Commands) -> None:
         help="also check port P, for a service that is down right now (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
-    parser.set_defaults(func=run)
+    parser.add_argument("--apply", action="store_true", help=f"reserve the ports at risk in {SYSCTL} (root)")
+    parser.add_argument(
+        "--persist",
+        metavar="FILE",
+        help=f"with --apply, also write the setting to the sysctl.d file FILE (e.g. {SYSCTL_FILE})",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="show what --apply (and --persist) would change; write nothing"
+    )
+
+    def handle(args: argparse.Namespace) -> int:
+        if args.persist is not None and not (args.apply or args.dry_run):
+            parser.error("--persist FILE goes with --apply (or --dry-run, to see what it would write)")
+        return run(args)
+
+    parser.set_defaults(func=handle)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; its exit status is in DESCRIPTION."""
     try:
         report = examine(args.port)
+        if args.apply or args.dry_run:
+            checked = [p["port"] for p in report["ports"] if p["in_range"]]
+            changes = plan(report["at_risk"], checked, args.persist)
     except (OSError, ValueError) as exc:
         # A /proc this process may not read.
         raise CannotRun(f"cannot examine this host: {exc}") from exc
+    applied = args.apply and not args.dry_run
+    if args.apply or args.dry_run:
+        if applied:
+            carry_out(changes)
+        report["apply"] = {
+            "dry_run": not applied,
+            "sysctl": asdict(changes.sysctl),
+            "persist": asdict(changes.persist) if changes.persist else None,
+        }
     print(json.dumps(report, indent=2) if args.json else render(report))
-    return EXIT_FOUND if report["at_risk"] else EXIT_OK
+    # carry_out() checked that the kernel now reserves every port that was at risk.
+    return EXIT_FOUND if report["at_risk"] and not applied else EXIT_OK
