@@ -71,6 +71,14 @@ def require_netns() -> None:
         require(shutil.which(tool) is not None, f"needs {tool}")
 
 
+def require_nobody_can_run_python() -> None:
+    """The no-root tests run this interpreter as nobody: it and selfguard must be readable by that user."""
+    require_netns()
+    command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", "import selfguard"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
+    require(0 == done.returncode, f"user nobody cannot run {sys.executable} with selfguard: {done.stderr.strip()}")
+
+
 def in_netns(body: str, **params: Any) -> Any:
     """Run *body* (Python, after PRELUDE) in a new network namespace; return the JSON of its `result`."""
     require_netns()

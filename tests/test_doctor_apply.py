@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_doctor import in_netns
+from netns_doctor import in_netns, require_nobody_can_run_python
 
 P = 40000  # even, like 32768, where a new namespace's range starts: a port at high risk
 
@@ -51,6 +51,7 @@ result = {"done": done, "reserved": sysctl("ip_local_reserved_ports")}
 
 def test_apply_twice_the_second_is_a_no_op(tmp_path: Path):
     """The second --apply --persist finds nothing at risk: it changes neither the sysctl nor the file."""
+    require_nobody_can_run_python()
     conf = tmp_path / "90-selfguard.conf"
     found = in_netns(
         """
@@ -112,6 +113,7 @@ def shared_dir() -> Any:
 
 def test_without_root_apply_fails_in_one_line_and_writes_nothing(shared_dir: Path):
     """As nobody, --apply exits 3 with one line naming the need for root, and writes neither the list nor the file."""
+    require_nobody_can_run_python()
     conf = shared_dir / "90-selfguard.conf"
     found = in_netns(
         """
