@@ -15,8 +15,9 @@ its source port and connect to itself, then hold the port in TIME_WAIT so the
 real server cannot bind it for ~60 s."""
 
 EPILOG = f"""\
-With no command, or with only repro's options (`selfguard --json`), runs `selfguard repro`.
-`selfguard COMMAND --help` tells a command's options and exit statuses.
+With no command, or with only repro's options (`selfguard --json`), runs
+`selfguard repro`. `selfguard COMMAND --help` tells a command's options and
+exit statuses.
 
 exit status (every command but run, which passes CMD's own on):
   0  done: nothing at risk, or shown

@@ -176,19 +176,19 @@ per 100,000 dials to such a closed port). The other parity is at low risk:
 connect() picks those only when every port of the first parity is taken (0 in
 300,000 dials measured).
 
---apply adds the ports at risk to {SYSCTL} in this network
-namespace (root only), merged with the ports reserved already: it never removes
-one, and does nothing when nothing is at risk. --persist FILE also writes the
-setting to a sysctl.d file (atomically; its other lines are kept) when a port
-checked in the range is not reserved there yet. --dry-run shows what --apply
-and --persist would change, before and after, and writes nothing.
+--apply adds the ports at risk to {SYSCTL} in this
+network namespace (root only), merged with the ports reserved already: it never
+removes one, and writes nothing when nothing is at risk. --persist FILE also
+writes the setting to a sysctl.d file (atomically, keeping its other lines) when
+a port checked in the range is not reserved there yet. --dry-run shows what
+--apply and --persist would change, before and after, and writes nothing.
 
 exit status:
   {EXIT_OK}  nothing at risk (with --apply: every port at risk is reserved now)
   {EXIT_FOUND}  some port at risk (with --dry-run: still at risk)
   {EXIT_USAGE}  usage error
-  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write (--apply
-     without root, an unwritable --persist FILE); then nothing was written"""
+  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, or no right to write (--apply
+     without root, an unwritable --persist FILE), in which case nothing is written"""
 
 
 def register(commands: Commands) -> None:
@@ -238,7 +238,11 @@ def run(args: argparse.Namespace) -> int:
     applied = args.apply and not args.dry_run
     if args.apply or args.dry_run:
         if applied:
-            carry_out(changes)
+            try:
+                carry_out(changes)
+            except OSError as exc:
+                # carry_out words the failures it expects; this is any other.
+                raise CannotRun(f"--apply failed: {exc}") from exc
         report["apply"] = {
             "dry_run": not applied,
             "sysctl": asdict(changes.sysctl),

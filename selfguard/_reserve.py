@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -126,16 +127,25 @@ def carry_out(plan: Plan) -> None:
             try:
                 fd = os.open(RESERVED_FILE, os.O_WRONLY)
             except OSError as exc:
+                if exc.errno == errno.EROFS:
+                    # Containers mount /proc/sys read-only: the runtime sets it.
+                    raise CannotRun(
+                        f"cannot write {RESERVED_FILE}: {exc.strerror}; in a container, set it with the "
+                        "container's sysctls (the doctor prints recipes)"
+                    ) from exc
                 raise CannotRun(f"--apply needs root: cannot write {RESERVED_FILE}: {exc.strerror}") from exc
         if persist is not None and persist.changed:
             try:
                 handle, temp = tempfile.mkstemp(dir=os.path.dirname(persist.path), prefix=".selfguard-")
             except OSError as exc:
                 raise CannotRun(f"cannot write {persist.path}: {exc.strerror}") from exc
-            with os.fdopen(handle, "w") as f:
-                f.write(plan.conf_text or "")
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(handle, "w") as f:
+                    f.write(plan.conf_text or "")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise CannotRun(f"cannot write {persist.path}: {exc.strerror}") from exc
         if fd is not None:
             try:
                 os.write(fd, sysctl.after.encode())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_doctor import in_netns, require_nobody_can_run_python
+from netns_doctor import in_netns, require_netns, require_nobody_can_run_python
 
 P = 40000  # even, like 32768, where a new namespace's range starts: a port at high risk
 
@@ -268,3 +268,38 @@ def test_persist_needs_apply_or_dry_run():
     assert done.stderr.splitlines()[-1] == (
         "selfguard doctor: error: --persist FILE goes with --apply (or --dry-run, to see what it would write)"
     )
+
+
+def test_a_read_only_proc_sys_as_in_a_container_points_to_the_recipes():
+    """Containers mount /proc/sys read-only: --apply exits 3 and says to use the container's sysctls instead."""
+    require_netns()
+    script = (
+        "ip link set lo up && mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+        '"$@"; echo "status $?"; cat /proc/sys/net/ipv4/ip_local_reserved_ports'
+    )
+    done = subprocess.run(
+        [
+            "unshare",
+            "-n",
+            "-m",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            sys.executable,
+            "-m",
+            "selfguard",
+            "doctor",
+            "--apply",
+            "--port",
+            str(P),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ["status 3", ""] == done.stdout.splitlines()  # nothing on stdout but the status; the list still empty
+    assert [
+        "selfguard doctor: cannot write /proc/sys/net/ipv4/ip_local_reserved_ports: Read-only file system; "
+        "in a container, set it with the container's sysctls (the doctor prints recipes)"
+    ] == done.stderr.splitlines()
