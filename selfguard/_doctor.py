@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count
 from ._listeners import listening_sockets, socket_owners
-from ._ports import RANGE_FILE, connect_tries_first, covers, ephemeral_range, format_port_list, parity
+from ._ports import RANGE_FILE, connect_tries_first, covers, ephemeral_range, format_port_list, parity, port_number
 from ._recipes import container_recipes, render_recipes
 from ._reserve import RESERVED_FILE, SYSCTL, carry_out, plan, read_reserved, render_apply
 
@@ -41,14 +40,6 @@ class Port:
     at_risk: bool = False
     risk: Optional[str] = None  # "high" or "low" when at risk
     reason: str = ""
-
-
-def port_number(text: str) -> int:
-    """argparse type for a TCP port: a whole number from 1 to 65535."""
-    # int() would also take " 42", "+42" and "4_2".
-    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a whole number from 1 to 65535")
-    return int(text)
 
 
 def _verdict(entry: Port, low: int, high: int) -> None:

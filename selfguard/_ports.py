@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import random
+import re
 import socket
 from typing import Container, Iterable, Optional
 
@@ -38,7 +40,7 @@ def free_port(
         port = random.randint(low, high)
         if connect_parity:
             port -= (port - low) % 2
-        if port in avoid or any(a <= port <= b for a, b in reserved):
+        if port in avoid or covers(reserved, port):
             continue
         probe = socket.socket()
         try:
@@ -80,3 +82,11 @@ def connect_tries_first(port: int, low: int) -> bool:
     (bind to port 0) prefers the other parity, "to not pollute connect() users".
     """
     return (port - low) % 2 == 0
+
+
+def port_number(text: str) -> int:
+    """argparse type for a TCP port: a whole number from 1 to 65535."""
+    # int() would also take " 42", "+42" and "4_2".
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a whole number from 1 to 65535")
+    return int(text)
