@@ -15,7 +15,7 @@ from ._ports import covers, format_port_list
 
 SYSCTL = "net.ipv4.ip_local_reserved_ports"
 RESERVED_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
-NEW_FILE_HEADER = "# Written by `selfguard doctor --apply --persist`: ports the kernel never picks as source ports.\n"
+NEW_FILE_HEADER = "# Written by `selfguard doctor --apply --persist`: ports the kernel never picks as source ports."
 
 Ranges = list[tuple[int, int]]
 
@@ -73,7 +73,7 @@ def _conf_text(lines: list[str], setting: str) -> str:
             out.append(setting)
             replaced = True
     if not lines:
-        out.append(NEW_FILE_HEADER.rstrip("\n"))
+        out.append(NEW_FILE_HEADER)
     if not replaced:
         out.append(setting)
     return "\n".join(out) + "\n"
