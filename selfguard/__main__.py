@@ -1,4 +1,4 @@
-"""The `selfguard` command: `repro` (the demonstration, also the default), `doctor` and `run`."""
+"""The `selfguard` command: builds the top-level parser, lets each command register itself, and dispatches."""
 
 from __future__ import annotations
 
@@ -6,61 +6,61 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_USAGE, TOP_LEVEL_OPTIONS, CannotRun, CommandParser
+
+DESCRIPTION = """\
+Protect programs from TCP self-connection: a client dialling a local port where
+nothing listens, inside the ephemeral port range, can be given that very port as
+its source port and connect to itself, then hold the port in TIME_WAIT so the
+real server cannot bind it for ~60 s."""
+
+EPILOG = f"""\
+With no command, or with only repro's options (`selfguard --json`), runs
+`selfguard repro`. `selfguard COMMAND --help` tells a command's options and
+exit statuses.
+
+exit status (every command but run, which passes CMD's own on):
+  0  done: nothing at risk, or shown
+  {EXIT_FOUND}  found: a port at risk (doctor), not shown (repro)
+  {EXIT_USAGE}  usage error: a bad command line
+  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write a sysctl"""
+
+
+def _with_default_command(argv: Sequence[str]) -> list[str]:
+    # A bare `selfguard` runs repro, so `selfguard --json` must too: the
+    # default command's options would otherwise meet the top-level parser.
+    if not argv or (argv[0].startswith("-") and argv[0] not in TOP_LEVEL_OPTIONS):
+        return ["repro", *argv]
+    return list(argv)
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="selfguard",
-        description="Show a real TCP self-connect on this machine, unguarded and then guarded by selfguard.",
-        epilog="With no command, runs `selfguard repro` with its defaults.",
-    )
+    from . import _doctor, _repro, _run
     from ._version import __version__
 
+    parser = argparse.ArgumentParser(
+        prog="selfguard",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # `--vers` must not pass for --version: anything else goes to repro.
+        allow_abbrev=False,
+    )
     parser.add_argument("--version", action="version", version=f"selfguard {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    doctor = commands.add_parser(
-        "doctor",
-        help="find the server ports of this host that clients could connect themselves to",
-        description=(
-            "List this host's listening TCP ports (and the ports given with --port) that lie inside the "
-            "ephemeral port range and are not reserved, and print the sysctl setting that reserves them. "
-            "Exit status: 0 nothing at risk, 1 some port at risk, 2 this host could not be examined."
-        ),
-    )
-    repro = commands.add_parser(
-        "repro",
-        help="the classic reconnect loop, until a socket connects to itself; then again, guarded",
-        description=(
-            "Dial a closed port on 127.0.0.1 with fresh sockets until one connects to itself (as "
-            "`while true; do telnet 127.0.0.1 40000; done` does), then do it again with selfguard installed. "
-            "Exit status: 0 shown, 1 not shown, 2 could not run."
-        ),
-    )
-    run = commands.add_parser(
-        "run",
-        help="run a command with the guard active in it and in every Python process it starts",
-        description=(
-            "Run CMD with selfguard's sitecustomize first on PYTHONPATH, so that every Python interpreter it "
-            "starts installs the guard (as ddtrace-run and opentelemetry-instrument do). An existing PYTHONPATH "
-            "and your own sitecustomize keep working. The exit status is CMD's."
-        ),
-    )
-    from . import _doctor, _repro, _run
-
-    _doctor.add_arguments(doctor)
-    _repro.add_arguments(repro)
-    _run.add_arguments(run)
-    args = parser.parse_args(argv)
-
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=CommandParser)
+    for command in (_repro, _doctor, _run):
+        command.register(commands)
+    args = parser.parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
     try:
-        if args.command == "doctor":
-            return _doctor.run(args)
-        if args.command == "run":
-            return _run.run(args)
-        return _repro.run(args if args.command == "repro" else repro.parse_args([]))
+        status: int = args.func(args)
+    except CannotRun as exc:
+        print(f"selfguard {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     except BrokenPipeError:
         # `selfguard | head`: the reader went away; say nothing more.
         sys.stdout = None
         return 0
+    return status
 
 
 if __name__ == "__main__":

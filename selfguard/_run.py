@@ -1,19 +1,68 @@
-"""`selfguard run -- CMD ARGS...`: run a command with the guard active in it and in every Python process it starts."""
+"""`selfguard run [--] CMD [ARGS...]`: run a command with the guard active in it and in every Python child it starts."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from ._cli import EXIT_USAGE
+
+if TYPE_CHECKING:
+    from ._cli import Commands
 
 # The directory holding selfguard's sitecustomize.py; it goes first on
 # PYTHONPATH, so every Python interpreter started below finds it (and it, in
 # turn, runs any sitecustomize it hides).
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
 
+USAGE = "selfguard run [-h] [--] CMD [ARGS...]"
+WRITE_IT = "selfguard run -- CMD [ARGS...]"
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
+DESCRIPTION = f"""\
+Run CMD with selfguard's sitecustomize first on PYTHONPATH, so that every Python
+interpreter it starts installs the guard (as ddtrace-run and
+opentelemetry-instrument do). An existing PYTHONPATH and your own sitecustomize
+keep working.
+
+Everything after `run` is CMD and its arguments, options included
+(`selfguard run python -X dev app.py`). Put `--` first when CMD itself starts
+with '-'.
+
+exit status:
+  CMD's own
+  {EXIT_USAGE}    usage error: no CMD, or an option before it (`selfguard run -x`)
+  126  CMD cannot be executed
+  127  CMD not found (looked up on PATH)"""
+
+
+def _not_a_command(extras: list[str]) -> str:
+    # `selfguard run -x`: an option of `run` (it has none but -h), or a
+    # command named -x? Refuse to guess; say how to write either.
+    return f"selfguard run has no option {extras[0]}; to run a command, write: {WRITE_IT}"
+
+
+def register(commands: Commands) -> None:
+    """Add the `run` command to the `selfguard` parser's subcommands."""
+    parser = commands.add_parser(
+        "run",
+        help="run a command with the guard active in it and in every Python process it starts",
+        description=DESCRIPTION,
+        usage=USAGE,
+        unknown=_not_a_command,
+    )
+    parser.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]", help="the command to run, with its arguments"
+    )
+
+    def handle(args: argparse.Namespace) -> int:
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not command:
+            parser.error(f"nothing to run: {WRITE_IT}")
+        return run(command)
+
+    parser.set_defaults(func=handle)
 
 
 def environment(environ: dict[str, str]) -> dict[str, str]:
@@ -26,12 +75,8 @@ def environment(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run(args: argparse.Namespace) -> int:
+def run(command: list[str]) -> int:
     """Replace this process with the command: its exit status, signals and stdio are the command's own."""
-    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    if not command:
-        print("selfguard run: nothing to run; usage: selfguard run -- CMD [ARGS...]", file=sys.stderr)
-        return 2
     sys.stdout.flush()
     try:
         os.execvpe(command[0], command, environment(dict(os.environ)))

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import socket
 import struct
 import threading
-from typing import Any, Callable, Container, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import wrapt
 
 from . import _config, _events, _install, _state
-from ._kernel import read_ephemeral_range, read_reserved_ports
+from ._kernel import read_ephemeral_range
+
+# Public here since the first release; it lives with the command line, which must not import this module.
+from ._ports import free_port
 from ._state import state
 
 # linux/in.h: IP_LOCAL_PORT_RANGE (Linux >= 6.3). Python has no constant.
@@ -68,35 +70,6 @@ def force_self_connect(sock: socket.socket, port: int) -> None:
 def set_port_range(sock: socket.socket, low: int, high: int) -> None:
     """Narrow the ports *sock* may be given by the kernel to low..high; (0, 0) clears it."""
     sock.setsockopt(socket.IPPROTO_IP, IP_LOCAL_PORT_RANGE, struct.pack("I", low | high << 16))
-
-
-def free_port(
-    low: Optional[int] = None, high: Optional[int] = None, *, connect_parity: bool = False, avoid: Container[int] = ()
-) -> int:
-    """Return a port in low..high (default: the ephemeral range) that nothing holds and that is not reserved.
-
-    connect_parity=True keeps to ports of the range's low end's parity: Linux's
-    connect() tries source ports of that parity first (bind() the others), so
-    only those ever self-connect in a brute-force reconnect loop on an idle host.
-    """
-    if low is None or high is None:
-        low, high = read_ephemeral_range()
-    reserved = read_reserved_ports()
-    for _ in range(1000):
-        port = random.randint(low, high)
-        if connect_parity:
-            port -= (port - low) % 2
-        if port in avoid or any(a <= port <= b for a, b in reserved):
-            continue
-        probe = socket.socket()
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            probe.close()
-        return port
-    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def can_force_self_connect() -> bool:

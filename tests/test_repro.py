@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -94,3 +98,77 @@ def test_bad_bounds_are_argparse_errors(option, value):
     done = repro(option, value)
     assert 2 == done.returncode
     assert f"argument {option}: invalid value {value!r}" in done.stderr
+
+
+def test_each_phase_states_its_self_connect_rate_and_parity(shown):
+    """Each phase reports the parity of its port (the range low end's) and its self-connects per 100,000 dials."""
+    low, _ = read_ephemeral_range()
+    parity = "odd" if low % 2 else "even"
+    assert parity == shown["connect_parity"]
+    for phase in shown["phases"]:
+        assert parity == phase["parity"]
+        assert round(phase["self_connects"] * 100_000 / phase["attempts"], 1) == phase["self_connects_per_100000"]
+        assert phase["self_connects_per_100000"] > 0
+
+
+def test_the_text_states_the_rate_and_writes_counts_one_way():
+    """The text gives the rate with the parity, and writes every count with thousands separators."""
+    done = repro(*BOUNDS)
+    assert 0 == done.returncode, done.stdout + done.stderr
+    low, _ = read_ephemeral_range()
+    parity = "odd" if low % 2 else "even"
+    assert done.stdout.startswith(f"Dialling closed {parity} ports on 127.0.0.1 ")
+    assert "at most 400,000 dials or 60 s per phase" in done.stdout
+    lines = done.stdout.splitlines()
+    rates = [line for line in lines if line.startswith(f"   self-connect rate to an {parity} port: ")]
+    assert 2 == len(rates)
+    assert all(line.endswith("(from 1 self-connect)") for line in rates), rates
+    # Every count of dials is written 1,234 (ports, being names, are not counts).
+    counts = [line.split(" dials")[0].split()[-1] for line in lines if " dials" in line]
+    assert len(counts) >= 3
+    assert all(n == f"{int(n.replace(',', '')):,}" for n in counts), counts
+
+
+def test_a_stop_reason_is_printed_once():
+    """When a bound stops the loop, the reason is told once, in the verdict; the phase gives its counts."""
+    done = repro("--max-attempts", "1")
+    assert 1 == done.returncode, done.stderr
+    assert 1 == done.stdout.count("--max-attempts reached"), done.stdout
+    lines = done.stdout.rstrip().splitlines()
+    assert "   no socket connected to itself in 1 dial (" in "\n".join(lines)
+    assert lines[-1] == (
+        "Not shown: unguarded: --max-attempts reached before a socket connected to itself; "
+        "raise the bounds and run again"
+    )
+
+
+def test_the_heading_comes_before_the_progress_line():
+    """On a terminal the heading is printed first, and the progress line (stderr) comes under it."""
+    for _ in range(3):  # a self-connect within the first 256 dials of both phases would show no progress: try again
+        main, child = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "selfguard", "repro", "--max-attempts", "2000"], stdout=child, stderr=child
+        )
+        os.close(child)
+        out = b""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if select.select([main], [], [], 1)[0]:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=60)
+        os.close(main)
+        text = out.decode()
+        assert text.startswith("Dialling closed "), text[:200]
+        if "\r  unguarded: " in text or "\r  guarded: " in text:
+            progress = min(i for i in (text.find("\r  unguarded: "), text.find("\r  guarded: ")) if i >= 0)
+            assert text.index("per phase.") < progress
+            return
+    pytest.fail("no progress line in 3 runs of 2,000 dials")

@@ -56,11 +56,63 @@ def test_a_missing_command_exits_127_and_says_so():
     assert "selfguard-no-such-command: command not found" in done.stderr
 
 
-def test_nothing_to_run_is_a_usage_error():
-    """`selfguard run` without a command exits 2 with a usage line."""
-    done = subprocess.run([sys.executable, "-m", "selfguard", "run"], capture_output=True, text=True, timeout=60)
-    assert 2 == done.returncode
-    assert "usage: selfguard run -- CMD" in done.stderr
+def selfguard_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """`selfguard run ARGS` as typed, without the `--` that run() puts first."""
+    return subprocess.run([sys.executable, "-m", "selfguard", "run", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args", [[], ["--"]])
+def test_nothing_to_run_is_a_usage_error(args):
+    """`selfguard run` without a command exits 2 with run's own usage line and the form to write."""
+    done = selfguard_run(*args)
+    assert (2, "") == (done.returncode, done.stdout)
+    usage, error = done.stderr.splitlines()
+    assert "usage: selfguard run [-h] [--] CMD [ARGS...]" == usage
+    assert "selfguard run: error: nothing to run: selfguard run -- CMD [ARGS...]" == error
+
+
+@pytest.mark.parametrize("option", ["-x", "--verbose", "-x python"])
+def test_an_option_before_the_command_is_a_usage_error_of_run(option):
+    """`selfguard run -x` is ambiguous (an option of run? a command named -x?): run's own error, not the top level's."""
+    done = selfguard_run(*option.split())
+    assert (2, "") == (done.returncode, done.stdout)
+    usage, error = done.stderr.splitlines()
+    assert "usage: selfguard run [-h] [--] CMD [ARGS...]" == usage
+    first = option.split()[0]
+    assert f"selfguard run: error: selfguard run has no option {first}; to run a command, write: " in error
+    assert error.endswith("selfguard run -- CMD [ARGS...]")
+
+
+def test_everything_after_the_command_is_the_commands_own():
+    """Options after CMD -- even -h and -- -- belong to CMD, with or without a leading --."""
+    show = "import sys; print(sys.argv[1:])"
+    for prefix in ([], ["--"]):
+        done = selfguard_run(*prefix, sys.executable, "-c", show, "-x", "-h", "--", "--json")
+        assert ("['-x', '-h', '--', '--json']\n", 0) == (done.stdout, done.returncode), done.stderr
+
+
+def test_a_command_named_after_a_dash_runs_after_double_dash(tmp_path: Path):
+    """`selfguard run -- -x` runs the command named -x (found on PATH), as the error message says to write it."""
+    script = tmp_path / "-x"
+    script.write_text("#!/bin/sh\necho ran -x\n")
+    script.chmod(0o755)
+    done = subprocess.run(
+        [sys.executable, "-m", "selfguard", "run", "--", "-x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert ("ran -x\n", 0) == (done.stdout, done.returncode), done.stderr
+
+
+def test_run_help_tells_the_exit_statuses():
+    """`selfguard run --help` is run's help, with CMD's status, 2, 126 and 127."""
+    done = selfguard_run("--help")
+    assert 0 == done.returncode
+    assert done.stdout.startswith("usage: selfguard run [-h] [--] CMD [ARGS...]")
+    for status in ("CMD's own", "2    usage error", "126  CMD cannot be executed", "127  CMD not found"):
+        assert status in done.stdout
 
 
 def test_selfguard_off_reaches_the_children():

@@ -1,0 +1,223 @@
+"""`selfguard doctor --apply`: add ports to net.ipv4.ip_local_reserved_ports, now and (--persist) in a sysctl.d file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from ._cli import CannotRun
+from ._kernel import parse_port_list
+from ._ports import covers, format_port_list
+
+SYSCTL = "net.ipv4.ip_local_reserved_ports"
+RESERVED_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+NEW_FILE_HEADER = "# Written by `selfguard doctor --apply --persist`: ports the kernel never picks as source ports."
+
+Ranges = list[tuple[int, int]]
+
+
+@dataclass
+class Change:
+    """One place the reservation is kept: the live sysctl, or a sysctl.d file."""
+
+    path: str
+    before: Optional[str]  # the port list there now; None: a file without the setting (or no file)
+    after: str
+    changed: bool
+    written: bool = False
+
+
+def read_reserved() -> Ranges:
+    """The live list; unlike _kernel's reader, an unreadable list is an error, not an empty one."""
+    # Counting an unreadable list as empty would make --apply write a list
+    # that drops every reservation already there.
+    with open(RESERVED_FILE) as f:
+        return parse_port_list(f.read())
+
+
+def _is_setting(line: str) -> bool:
+    # sysctl.d(5): "key = value", the key dotted or slashed, "-" in front to
+    # ignore a failure; "#" and ";" start comments.
+    key, equals, _ = line.partition("=")
+    return bool(equals) and key.strip().lstrip("-").replace("/", ".") == SYSCTL
+
+
+def _read_conf(path: str) -> tuple[list[str], Optional[Ranges]]:
+    """The lines of a sysctl.d file (none if it does not exist) and the ports its settings of SYSCTL reserve."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return [], None
+    found: Optional[Ranges] = None
+    for line in lines:
+        if _is_setting(line):
+            # Every such line, not only the last (which is the one sysctl
+            # applies): the union never drops a port someone reserved.
+            found = (found or []) + parse_port_list(line.partition("=")[2])
+    return lines, found
+
+
+def _conf_text(lines: list[str], setting: str) -> str:
+    """*lines* with the first setting of SYSCTL replaced by *setting* and any later one dropped; else it is added."""
+    out: list[str] = []
+    replaced = False
+    for line in lines:
+        if not _is_setting(line):
+            out.append(line)
+        elif not replaced:
+            out.append(setting)
+            replaced = True
+    if not lines:
+        out.append(NEW_FILE_HEADER)
+    if not replaced:
+        out.append(setting)
+    return "\n".join(out) + "\n"
+
+
+@dataclass
+class Plan:
+    """What --apply changes: the live sysctl and, with --persist, a sysctl.d file."""
+
+    sysctl: Change
+    persist: Optional[Change]
+    ports: list[int]  # the ports at risk it reserves
+    conf_text: Optional[str] = None  # the file's new content, when it changes
+
+
+def plan(at_risk: Sequence[int], checked: Sequence[int], persist: Optional[str]) -> Plan:
+    """Work out the changes: the ports at risk added to the live list; to the file, when a *checked* port is not in it.
+
+    *checked* are the ports in the ephemeral range the doctor looked at (at
+    risk, or reserved already): a reservation made live earlier without
+    --persist still needs its line to survive a reboot.
+    """
+    live = read_reserved()
+    live_after = live + [(port, port) for port in at_risk]
+    sysctl = Change(RESERVED_FILE, format_port_list(live), format_port_list(live_after), changed=bool(at_risk))
+    result = Plan(sysctl, None, list(at_risk))
+    if persist is not None:
+        # A symlink (99-sysctl.conf -> ../sysctl.conf) is replaced through, not over.
+        path = os.path.realpath(persist)
+        try:
+            lines, in_file = _read_conf(path)
+        except (OSError, ValueError) as exc:
+            raise CannotRun(f"cannot read {persist}: {exc}") from exc
+        missing = [port for port in checked if not covers(in_file or [], port)]
+        before = None if in_file is None else format_port_list(in_file)
+        after = format_port_list((in_file or []) + live_after) if missing else (before or "")
+        result.persist = Change(path, before, after, changed=bool(missing))
+        if missing:
+            result.conf_text = _conf_text(lines, f"{SYSCTL} = {after}")
+    return result
+
+
+def carry_out(plan: Plan) -> None:
+    """Write what *plan* changes, or -- lacking the right to write any of it -- nothing, raising CannotRun."""
+    sysctl, persist = plan.sysctl, plan.persist
+    fd: Optional[int] = None
+    temp: Optional[str] = None
+    try:
+        # Both rights are proven before either write, so that a refusal writes nothing.
+        if sysctl.changed:
+            try:
+                fd = os.open(RESERVED_FILE, os.O_WRONLY)
+            except OSError as exc:
+                if exc.errno == errno.EROFS:
+                    # Containers mount /proc/sys read-only: the runtime sets it.
+                    raise CannotRun(
+                        f"cannot write {RESERVED_FILE}: {exc.strerror}; in a container, set it with the "
+                        "container's sysctls (the doctor prints recipes)"
+                    ) from exc
+                raise CannotRun(f"--apply needs root: cannot write {RESERVED_FILE}: {exc.strerror}") from exc
+        if persist is not None and persist.changed:
+            try:
+                handle, temp = tempfile.mkstemp(dir=os.path.dirname(persist.path), prefix=".selfguard-")
+            except OSError as exc:
+                raise CannotRun(f"cannot write {persist.path}: {exc.strerror}") from exc
+            try:
+                with os.fdopen(handle, "w") as f:
+                    f.write(plan.conf_text or "")
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise CannotRun(f"cannot write {persist.path}: {exc.strerror}") from exc
+        if fd is not None:
+            try:
+                os.write(fd, sysctl.after.encode())
+            except OSError as exc:
+                raise CannotRun(f"the kernel refused {SYSCTL}={sysctl.after}: {exc.strerror}") from exc
+            sysctl.written = True
+            still = [port for port in plan.ports if not covers(read_reserved(), port)]
+            if still:
+                raise CannotRun(f"{SYSCTL} was written but does not reserve {still}")
+        if temp is not None and persist is not None:
+            try:
+                _install_file(temp, persist.path)
+            except CannotRun as exc:
+                if sysctl.written:
+                    raise CannotRun(f"{exc} (the live {SYSCTL} was set)") from exc
+                raise
+            persist.written = True
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if temp is not None and not (persist is not None and persist.written):
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:  # renamed into place before a later step failed
+                pass
+
+
+def _install_file(temp: str, path: str) -> None:
+    """Put *temp* in place of *path* at once (os.replace), keeping an existing file's mode."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o644  # sysctl.d files are world-readable
+    try:
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+        # The rename is durable once the directory is.
+        directory = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        raise CannotRun(f"cannot write {path}: {exc}") from exc
+
+
+def render_apply(apply: dict[str, Any], conf_hint: str) -> list[str]:
+    """What --apply (or --dry-run) did or would do, as lines of the doctor's text report."""
+    dry = apply["dry_run"]
+    live, conf = apply["sysctl"], apply["persist"]
+    if dry:
+        lines = ["Dry run, nothing written:"]
+    else:
+        lines = ["Applied:" if live["changed"] or (conf and conf["changed"]) else "Nothing to apply:"]
+    if live["changed"]:
+        lines += [
+            f"  {'would set' if dry else 'set'} {SYSCTL} ({live['path']}):",
+            f"    before: {live['before'] or '(none)'}",
+            f"    after:  {live['after']}",
+        ]
+    else:
+        lines.append(f"  {SYSCTL} unchanged: no port at risk")
+    if conf is None:
+        if live["changed"]:
+            lines.append(f"  not persisted: it lasts until reboot; add --persist {conf_hint} to keep it")
+    elif conf["changed"]:
+        before = "(no such setting)" if conf["before"] is None else f"{SYSCTL} = {conf['before']}"
+        lines += [
+            f"  {'would write' if dry else 'wrote'} {conf['path']}:",
+            f"    before: {before}",
+            f"    after:  {SYSCTL} = {conf['after']}",
+        ]
+    else:
+        lines.append(f"  {conf['path']} unchanged: it already reserves every port checked in the range")
+    return lines
