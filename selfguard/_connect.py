@@ -19,8 +19,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional, Union
 
-# The C-level accessor: socket.socket.gettimeout() costs a method call. It
-# raises TypeError for classes not derived from _socket.socket (gevent's).
+# C-level accessors: socket.socket.type builds an enum (~1 us), gettimeout()
+# is a method call. They raise TypeError for classes not derived from
+# _socket.socket (gevent's).
+_type = _socket.socket.type.__get__
 _timeout = _socket.socket.timeout.__get__
 _monotonic = time.monotonic
 _SOCK_STREAM = int(socket.SOCK_STREAM)
@@ -45,16 +47,28 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
     returns_code = api == "connect_ex"
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if state.options is None or kwargs or len(args) != 1 or kind(instance) != _SOCK_STREAM:
+        if kwargs or len(args) != 1 or state.options is None:
             return wrapped(*args, **kwargs)
         address = args[0]
-        port = port_of(address)
-        if not port or not in_range(port):
-            return wrapped(address)
         try:
+            if _type(instance) != _SOCK_STREAM:
+                return wrapped(address)
             timeout = _timeout(instance)
-        except TypeError:
+        except TypeError:  # not derived from _socket.socket (gevent's class), or no socket at all
+            if kind(instance) != _SOCK_STREAM:
+                return wrapped(*args)
             timeout = instance.gettimeout()
+        # The usual (host, int port) form is read here, every other one by
+        # port_of(); the cached range answers without a call (in_range()
+        # refreshes it only for ports outside it).
+        if type(address) is tuple and len(address) > 1 and type(address[1]) is int:
+            port = address[1]
+        else:
+            port = port_of(address)
+            if not port:
+                return wrapped(address)
+        if not (state.low <= port <= state.high or in_range(port)):
+            return wrapped(address)
         if timeout == 0.0:
             # Non-blocking: on Linux the connect returns EINPROGRESS and its
             # outcome is read later from SO_ERROR (checked there, or by the
