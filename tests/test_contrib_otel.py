@@ -143,3 +143,58 @@ def test_register_without_a_provider_reaches_the_global_provider_set_later(free_
     reported = dict(line.split() for line in done.stdout.splitlines())
     assert "3" == reported["selfguard.self_connects"]
     assert "1" == reported["selfguard.gave_up"]
+
+
+def test_unregister_quiets_the_instruments_and_register_resumes(free_port):
+    """After unregister() a collection carries no selfguard values; register() brings them back."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    otel.register(provider)
+    assert set(NAMES) == set(_collect(reader))
+    otel.unregister(provider)
+    data = reader.get_metrics_data()  # None: no instrument reported anything
+    assert data is None or not any(
+        metric.data.data_points for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
+    )
+    otel.unregister(provider)  # twice: harmless
+    otel.register(provider)
+    assert set(NAMES) == set(_collect(reader))
+
+
+def test_register_warns_once_when_nothing_will_ever_export():
+    """With the API's no-op provider, register() warns once that an SDK and an exporter are needed."""
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "from opentelemetry.metrics import NoOpMeterProvider\n"
+        "from selfguard.contrib import otel\n"
+        "otel.register(NoOpMeterProvider()); otel.register(NoOpMeterProvider())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    assert 1 == done.stderr.count("RuntimeWarning"), done.stderr
+    assert "install opentelemetry-sdk and an exporter" in done.stderr
+
+
+def test_register_with_an_sdk_provider_does_not_warn():
+    """A real SDK provider gets no warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        otel.register(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
+EXTRAS = [("otel", "opentelemetry", "otel"), ("prometheus", "prometheus_client", "prometheus")]
+
+
+@pytest.mark.parametrize(("module", "library", "extra"), EXTRAS)
+def test_an_exporter_without_its_extra_names_the_extra_to_install(module, library, extra):
+    """Importing an exporter whose library is missing raises ModuleNotFoundError naming the pip extra."""
+    code = (
+        f"import sys; sys.modules[{library!r}] = None  # as if not installed\n"
+        f"try:\n    from selfguard.contrib import {module}\n"
+        "except ModuleNotFoundError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    assert f"pip install 'selfguard[{extra}]'" in done.stdout, done.stdout

@@ -76,3 +76,11 @@ def test_a_listener_that_connects_is_not_re_entered(forced, free_port):
     assert ["caught"] == nested
     assert ["self_connect", "retry", "self_connect", "retry", "self_connect", "gave_up"] == received
     assert (6, 2) == (selfguard.stats()["self_connects"], selfguard.stats()["gave_up"])
+
+
+@pytest.mark.parametrize("not_callable", [42, "print", None])
+def test_add_listener_rejects_what_cannot_be_called_at_once(not_callable):
+    """add_listener(42) raises TypeError at the call, not a fault at the first event."""
+    with pytest.raises(TypeError, match="callable"):
+        selfguard.add_listener(not_callable)
+    assert 0 == selfguard.stats()["faults"]

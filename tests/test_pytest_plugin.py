@@ -179,3 +179,31 @@ def test_the_plugin_is_loaded_through_its_pytest11_entry_point(pytester):
     unloaded = subprocess.run(command, cwd=pytester.path, env=env, capture_output=True, text=True, timeout=120)
     assert pytest.ExitCode.USAGE_ERROR == unloaded.returncode
     assert "unrecognized arguments: --selfguard" in unloaded.stderr
+
+
+def test_with_selfguard_off_the_events_fixture_skips_with_the_reason(pytester):
+    """SELFGUARD=0 with --selfguard: a test using selfguard_events is skipped and says why, instead of failing."""
+    pytester.makepyfile(
+        """
+        import socket
+
+        import pytest
+
+
+        def test_my_client_survives_a_self_connect(selfguard_events, force_self_connects):
+            with force_self_connects(40000, times=3), pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", 40000), timeout=5)
+            assert "gave_up" == selfguard_events[-1].kind
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--selfguard", "-p", "no:cacheprovider", "-rs"],
+        cwd=pytester.path,
+        env={**os.environ, "SELFGUARD": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stdout
+    assert "1 skipped" in done.stdout, done.stdout
+    assert "SELFGUARD" in done.stdout.split("short test summary info")[-1], done.stdout

@@ -6,10 +6,14 @@ import threading
 import weakref
 from typing import Iterator, Optional
 
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily
-
 from .. import stats
+from . import missing_extra
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily
+except ImportError as exc:  # without the extra: say which one to install
+    raise missing_extra("prometheus", "prometheus", exc) from exc
 
 __all__ = ["HELP", "SelfguardCollector", "register", "unregister"]
 
