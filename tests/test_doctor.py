@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
-from netns_doctor import in_netns
 
 from selfguard._kernel import parse_port_list, read_ephemeral_range, read_reserved_ports
 from selfguard._ports import format_port_list
 from selfguard._recipes import container_recipes
 
 from conftest import require
+from netns_doctor import in_netns
 
 
 def doctor(*args: str, netns_reserved: str | None = None) -> subprocess.CompletedProcess[str]:

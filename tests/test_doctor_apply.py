@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from netns_doctor import in_netns, require_netns, require_nobody_can_run_python
 
 P = 40000  # even, like 32768, where a new namespace's range starts: a port at high risk
