@@ -127,18 +127,29 @@ def _selfguard_after_fork_in_child() -> None:
 class _SelfguardAfterSocket:
     """A meta path finder that, on the first import of socket, puts the stand-ins on socket.socket."""
 
+    def __init__(self) -> None:
+        # Threads inside find_spec right now. A finder that asks the rest of
+        # sys.meta_path, as this one does, asks this one back; answering
+        # None then ends what would otherwise recurse until RecursionError.
+        self._busy: set[int] = set()  # not evaluated (in a function), so fine on 3.6
+
     def find_spec(self, name: str, path: object = None, target: object = None) -> object:
-        if name != "socket":
+        thread = _thread.get_ident()
+        if name != "socket" or thread in self._busy:
             return None
-        for finder in sys.meta_path:
-            if finder is self:  # type: ignore[comparison-overlap]
-                continue
-            find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(name, path, target) if find_spec else None
-            if spec is not None:
-                if getattr(spec, "loader", None) is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _SelfguardThenDefer(spec.loader, self)
-                return spec
+        self._busy.add(thread)
+        try:
+            for finder in list(sys.meta_path):
+                if finder is self:  # type: ignore[comparison-overlap]
+                    continue
+                find_spec = getattr(finder, "find_spec", None)
+                spec = find_spec(name, path, target) if find_spec else None
+                if spec is not None:
+                    if getattr(spec, "loader", None) is not None and hasattr(spec.loader, "exec_module"):
+                        spec.loader = _SelfguardThenDefer(spec.loader, self)
+                    return spec
+        finally:
+            self._busy.discard(thread)
         return None
 
 
@@ -168,7 +179,13 @@ class _SelfguardThenDefer:
 
 
 def _selfguard_next_sitecustomize() -> None:
-    """Run the sitecustomize that this file hides, if there is one further along sys.path."""
+    """Run the sitecustomize that this file hides, if there is one further along sys.path.
+
+    A file already run in this process (this one reached again through a
+    symlink, or a copy of it seen before) is passed over; a copy of this file
+    further along runs, finds the hook or the stand-ins of the first in place,
+    and only hands on to the next.
+    """
     here = os.path.dirname(os.path.abspath(__file__))
     later = False
     for entry in sys.path:
@@ -177,10 +194,12 @@ def _selfguard_next_sitecustomize() -> None:
             later = directory == here
             continue
         candidate = os.path.join(directory, "sitecustomize.py")
-        if os.path.isfile(candidate):
+        if os.path.isfile(candidate) and os.path.realpath(candidate) not in _selfguard_ran:
             with open(candidate, "rb") as f:
                 code = compile(f.read(), candidate, "exec")
-            exec(code, {"__name__": "sitecustomize", "__file__": candidate, "__builtins__": __builtins__})
+            namespace = {"__name__": "sitecustomize", "__file__": candidate, "__builtins__": __builtins__}
+            namespace["_selfguard_ran"] = _selfguard_ran  # read by a copy of this file, ignored by any other
+            exec(code, namespace)
             return
 
 
@@ -188,13 +207,19 @@ def _selfguard_boot() -> None:
     if os.environ.get("SELFGUARD", "").strip().lower() in ("0", "false", "off", "no"):
         return  # the off switch: not even the import hook
     socket_module = sys.modules.get("socket")
+    if socket_module is None and any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
+        return  # a copy of this file earlier on sys.path is waiting for socket: one guard is enough
+    os.register_at_fork(after_in_child=_selfguard_after_fork_in_child)
     if socket_module is not None:
-        selfguard_defer(socket_module.socket)
+        selfguard_defer(socket_module.socket)  # leaves another copy's stand-ins alone
     else:
         sys.meta_path.insert(0, _SelfguardAfterSocket())  # type: ignore[arg-type]  # a duck-typed finder
 
 
-os.register_at_fork(after_in_child=_selfguard_after_fork_in_child)
+# The sitecustomize files run in this process so far (real paths), handed on
+# from copy to copy of this file, so that no file runs twice.
+_selfguard_ran: "set[str]" = globals().get("_selfguard_ran") or set()
+_selfguard_ran.add(os.path.realpath(__file__))
 try:
     _selfguard_boot()
 except Exception as _exc:  # never stop an interpreter from starting
