@@ -10,8 +10,9 @@ further along sys.path (Debian ships one) still runs.
 It costs nothing in a process that never connects: when the program imports
 socket, it only puts small stand-ins on socket.socket's connect, connect_ex
 and bind; the first call of one of them imports selfguard (and wrapt), runs
-install() -- which takes the stand-ins off -- and carries on through the guard. Installing any earlier -- while
-socket itself is being imported -- would import wrapt in the middle of
+install() -- which puts the guard's wrappers where the stand-ins are -- and
+carries on through the guard. Installing any earlier -- while socket itself
+is being imported -- would import wrapt in the middle of
 whatever module imported socket, and wrapt 2 imports asyncio, inspect and
 email, which can be exactly the modules half-way through their own import
 (`import urllib.request` is one such chain).
@@ -28,7 +29,6 @@ _SELFGUARD_DEFERRED = ("connect", "connect_ex", "bind")
 _selfguard_lock = _thread.RLock()  # guards the list below; always taken last (after selfguard's own lock)
 _selfguard_stand_ins: "list[tuple[type, str]]" = []  # where stand-ins sit
 _selfguard_settled = False  # the first call happened, or install()/uninstall() took over
-_selfguard_guarded = False  # whether that first call installed the guard
 _selfguard_importing = False  # whether a first call is importing selfguard right now
 
 
@@ -36,26 +36,38 @@ def _selfguard_report(exc: BaseException) -> None:
     sys.stderr.write(f"selfguard: not active in this process: {type(exc).__name__}: {exc}\n")
 
 
-def selfguard_forget() -> None:
-    """Take every stand-in off: install() or uninstall() took over, or the first call has been made.
+def _selfguard_is_stand_in(attribute: object) -> bool:
+    # type(), not getattr() alone: a wrapt proxy someone put around a stand-in
+    # answers for the stand-in's attributes, and it is theirs, not ours.
+    return type(attribute) is type(_selfguard_report) and getattr(attribute, "_selfguard_deferred", False) is True
 
-    selfguard's install() and uninstall() call it. A stand-in someone kept a
-    reference to goes straight to the method it stood in for from then on.
+
+def selfguard_forget() -> None:
+    """Take every stand-in off: install() or uninstall() took over, or the first call failed.
+
+    selfguard's install() calls it once it has put its wrappers where the
+    stand-ins were, uninstall() to leave socket.socket bare. A stand-in
+    someone kept a reference to (or patched over) still works: see below.
     """
     global _selfguard_settled
     with _selfguard_lock:
         for cls, name in _selfguard_stand_ins:
-            if getattr(vars(cls).get(name), "_selfguard_deferred", False):
+            if _selfguard_is_stand_in(vars(cls).get(name)):
                 delattr(cls, name)
         del _selfguard_stand_ins[:]
         _selfguard_settled = True
 
 
-def _selfguard_first_call() -> None:
-    """The process's first connect, connect_ex or bind: install the guard (once, whichever thread comes first)."""
-    global _selfguard_guarded
-    if _selfguard_settled:
-        return
+def _selfguard_guard_is_on() -> bool:
+    """Install the guard unless that happened already (once, whichever thread comes first); tell whether it is on.
+
+    Each call of a stand-in asks: the process's first connect, connect_ex or
+    bind; calls in other threads that came in meanwhile, which wait for that
+    install to finish; and, later, calls through a stand-in that someone
+    kept a reference to or patched over.
+    """
+    if _selfguard_settled and "selfguard._install" not in sys.modules:
+        return False  # the first call could not import selfguard (and said so)
     global _selfguard_importing
     _selfguard_importing = True
     try:
@@ -65,31 +77,29 @@ def _selfguard_first_call() -> None:
             if not _selfguard_settled:
                 _selfguard_report(exc)
                 selfguard_forget()
-        return
+        return False
     finally:
         _selfguard_importing = False
     with _install.lock:  # the order of the two locks is always: selfguard's, then ours
-        if _selfguard_settled:
-            return
-        try:
-            _install.install()  # takes the stand-ins off (selfguard_forget)
-            _selfguard_guarded = _install.is_installed()
-        except Exception as exc:
-            _selfguard_report(exc)
-        selfguard_forget()
+        if not _selfguard_settled:
+            try:
+                _install.install()  # puts the guard's wrappers where the stand-ins are, then forgets them
+            except Exception as exc:
+                _selfguard_report(exc)
+            selfguard_forget()  # whatever happened, the stand-ins are done
+        return _install.status() == "active"
 
 
 def _selfguard_stand_in(cls: type, name: str) -> object:
     # The method the stand-in hides, found where the class would find it
-    # without the stand-in. The first call goes on through that method (with
-    # the guard around it), never through getattr(self, name): a subclass
+    # without the stand-in. Calls go on through that method (with the guard
+    # around it), never through getattr(self, name): a subclass
     # (ssl.SSLSocket) or a patch on top would otherwise run twice.
     hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
 
     def stand_in(self: object, *args: object, **kwargs: object) -> object:
-        _selfguard_first_call()
         method = hidden
-        if _selfguard_guarded:
+        if _selfguard_guard_is_on():
             from selfguard import _install
 
             method = _install.guard_for(hidden, name)
