@@ -17,8 +17,9 @@ whatever module imported socket, and wrapt 2 imports asyncio, inspect and
 email, which can be exactly the modules half-way through their own import
 (`import urllib.request` is one such chain).
 
-Kept compatible with old interpreters that may inherit PYTHONPATH from
-`selfguard run`: no syntax newer than Python 3.6.
+Old interpreters may inherit PYTHONPATH from `selfguard run`: the file keeps
+to Python 3.6 syntax, and before 3.9 it says in one line that the guard is not
+active and only runs the sitecustomize it hides.
 """
 
 import _thread
@@ -216,6 +217,14 @@ def _selfguard_next_sitecustomize() -> None:
 def _selfguard_boot() -> None:
     if os.environ.get("SELFGUARD", "").strip().lower() in ("0", "false", "off", "no"):
         return  # the off switch: not even the import hook
+    if sys.version_info < (3, 9):  # noqa: UP036  # this file runs where selfguard itself cannot
+        # An old interpreter that inherited PYTHONPATH (from `selfguard run`,
+        # say): selfguard cannot run here, so nothing of the hook does either.
+        python = ".".join(str(part) for part in sys.version_info[:3])
+        sys.stderr.write(
+            f"selfguard: not active in this process: Python {python} is older than 3.9, which selfguard needs\n"
+        )
+        return
     socket_module = sys.modules.get("socket")
     if socket_module is None and any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
         return  # a copy of this file earlier on sys.path is waiting for socket: one guard is enough
@@ -226,12 +235,15 @@ def _selfguard_boot() -> None:
         sys.meta_path.insert(0, _SelfguardAfterSocket())  # type: ignore[arg-type]  # a duck-typed finder
 
 
-# The sitecustomize files run in this process so far (real paths), handed on
-# from copy to copy of this file, so that no file runs twice.
+# The sitecustomize files run in this process so far (real paths). A copy of
+# this file hands the set on to the file it runs next, so that no file runs
+# twice; a copy that is handed it knows an earlier copy has seen to the guard.
+_selfguard_chained = "_selfguard_ran" in globals()
 _selfguard_ran: "set[str]" = globals().get("_selfguard_ran") or set()
 _selfguard_ran.add(os.path.realpath(__file__))
-try:
-    _selfguard_boot()
-except Exception as _exc:  # never stop an interpreter from starting
-    _selfguard_report(_exc)
+if not _selfguard_chained:
+    try:
+        _selfguard_boot()
+    except Exception as _exc:  # never stop an interpreter from starting
+        _selfguard_report(_exc)
 _selfguard_next_sitecustomize()
