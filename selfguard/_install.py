@@ -178,5 +178,5 @@ def status() -> str:
 
 
 def is_installed() -> bool:
-    """Tell whether the guard is active in this process."""
-    return _guard._options is not None
+    """Tell whether every TCP connect of this process is guarded: status() is "active" or "armed"."""
+    return status() != "off"
