@@ -12,10 +12,10 @@ socket, it only puts small stand-ins on socket.socket's connect, connect_ex
 and bind; the first call of one of them imports selfguard (and wrapt), runs
 install() -- which puts the guard's wrappers where the stand-ins are -- and
 carries on through the guard. Installing any earlier -- while socket itself
-is being imported -- would import wrapt in the middle of
-whatever module imported socket, and wrapt 2 imports asyncio, inspect and
-email, which can be exactly the modules half-way through their own import
-(`import urllib.request` is one such chain).
+is being imported -- would import wrapt in the middle of whatever module
+imported socket, and wrapt 2 imports asyncio, inspect and email, which can
+be exactly the modules half-way through their own import (`import
+urllib.request` is one such chain).
 
 Old interpreters may inherit PYTHONPATH from `selfguard run`: the file keeps
 to Python 3.6 syntax, and before 3.9 it says in one line that the guard is not
@@ -25,6 +25,10 @@ active and only runs the sitecustomize it hides.
 import _thread
 import os
 import sys
+
+TYPE_CHECKING = False  # not `from typing import ...`: typing is not imported at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 _SELFGUARD_DEFERRED = ("connect", "connect_ex", "bind")
 _selfguard_lock = _thread.RLock()  # guards the list below; always taken last (after selfguard's own lock)
@@ -67,28 +71,31 @@ def _selfguard_guard_is_on() -> bool:
     install to finish; and, later, calls through a stand-in that someone
     kept a reference to or patched over.
     """
-    if _selfguard_settled and "selfguard._install" not in sys.modules:
-        return False  # the first call could not import selfguard (and said so)
     global _selfguard_importing
-    _selfguard_importing = True
-    try:
-        from selfguard import _install
-    except Exception as exc:  # selfguard missing in this interpreter, or broken
-        with _selfguard_lock:
-            if not _selfguard_settled:
-                _selfguard_report(exc)
-                selfguard_forget()
-        return False
-    finally:
-        _selfguard_importing = False
-    with _install.lock:  # the order of the two locks is always: selfguard's, then ours
+    if _selfguard_settled:  # selfguard is imported by now, or could not be (and that was said)
+        installer: Any = sys.modules.get("selfguard._install")
+        if installer is None:
+            return False
+    else:
+        _selfguard_importing = True
+        try:
+            from selfguard import _install as installer
+        except Exception as exc:  # selfguard missing in this interpreter, or broken
+            with _selfguard_lock:
+                if not _selfguard_settled:
+                    _selfguard_report(exc)
+                    selfguard_forget()
+            return False
+        finally:
+            _selfguard_importing = False
+    with installer.lock:  # the order of the two locks is always: selfguard's, then ours
         if not _selfguard_settled:
             try:
-                _install.install()  # puts the guard's wrappers where the stand-ins are, then forgets them
+                installer.install()  # puts the guard's wrappers where the stand-ins are, then forgets them
             except Exception as exc:
                 _selfguard_report(exc)
             selfguard_forget()  # whatever happened, the stand-ins are done
-        return _install.status() == "active"
+        return installer.status() == "active"  # type: ignore[no-any-return]
 
 
 def _selfguard_stand_in(cls: type, name: str) -> object:
