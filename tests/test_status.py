@@ -114,3 +114,26 @@ def test_the_pytest_plugin_under_selfguard_run(tmp_path, free_port):
     assert 0 == done.returncode, done.stdout[-3000:] + done.stderr[-2000:]
     assert "selfguard: installed for the session" in done.stdout
     assert "selfguard: 3 self-connect(s) caught, 2 retried, 1 given up" in done.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="selfguard/testing.py's _below_the_guard() uninstalls an armed guard (the sitecustomize's stand-ins) "
+    "and only re-activates an active one: it should install() first when status() is 'armed'",
+)
+def test_forcing_self_connects_keeps_an_armed_guard(free_port):
+    """force_self_connects() under the sitecustomize, before any connect: the guard must stay on and catch them."""
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    port = free_port()
+    done = python(
+        "import socket, selfguard\n"
+        "from selfguard.testing import force_self_connects\n"
+        f"with force_self_connects({port}, times=3):\n"
+        "    s = socket.socket()\n"
+        "    try:\n"
+        f"        s.connect(('127.0.0.1', {port})); print('UNGUARDED')\n"
+        "    except selfguard.SelfConnectError:\n"
+        "        print('caught')\n"
+        "print(selfguard.status())\n"
+    )
+    assert "caught\nactive" == done.stdout.strip(), done.stderr
