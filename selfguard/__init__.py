@@ -5,7 +5,7 @@ Call :func:`install` once at startup; see the README for options.
 
 from ._errors import SelfConnectError
 from ._events import Event, add_listener, remove_listener, reset_stats, stats
-from ._install import install, is_installed, uninstall
+from ._install import install, is_installed, status, uninstall
 from ._kernel import is_self_connected
 from ._version import __version__
 
@@ -20,5 +20,6 @@ __all__ = [
     "remove_listener",
     "reset_stats",
     "stats",
+    "status",
     "uninstall",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import warnings
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -162,11 +163,24 @@ def _warn_once(variable: str, raw: str, problem: str, default: str) -> None:
     if (variable, raw) in _warned:
         return
     _warned.add((variable, raw))
-    warnings.warn(
-        f"Invalid value {_shorten(raw)} for {variable} environment variable: {problem}; using the default {default}",
-        RuntimeWarning,
-        stacklevel=4,
+    message = (
+        f"Invalid value {_shorten(raw)} for {variable} environment variable: {problem}; using the default {default}"
     )
+    try:
+        # Attributed to the environment, not to a line of code: the fix is in
+        # the deployment, and the line that happened to read the variable
+        # (inside selfguard's sitecustomize, at the first connect) means
+        # nothing to the operator. module="selfguard" keeps filters such as
+        # `-W ignore:::selfguard` working.
+        warnings.warn_explicit(message, RuntimeWarning, "<environment>", 0, module="selfguard")
+    except Exception:
+        # Warnings turned into errors (PYTHONWARNINGS=error, pytest's
+        # filterwarnings = error) must not decide whether the guard is on:
+        # say it in one line instead, and carry on with the default.
+        try:
+            sys.stderr.write(f"selfguard: {message}\n")
+        except Exception:
+            pass  # no usable stderr: nobody to tell
 
 
 def _env_text(value: Any) -> str:

@@ -6,6 +6,7 @@ import _thread
 import os
 import socket
 import sys
+import types
 
 import wrapt
 
@@ -55,10 +56,12 @@ def install(**options: Any) -> bool:
 def activate(options: _config.Options) -> None:
     """Patch the current socket.socket class (where not yet patched) and put *options* in force."""
     with lock:
-        _forget_stand_ins()
+        cls = socket.socket
         for name, wrapper in _WRAPPERS.items():
-            wrap(socket.socket, name, wrapper)
+            if not _is_stand_in(vars(cls).get(name)):
+                wrap(cls, name, wrapper)
         _state.set_options(options)
+        _replace_stand_ins(cls)  # after the options, so the stand-ins' waiting callers go through the guard
         from . import _loops  # after the options: its patch reads them
 
         _loops.watch()
@@ -110,10 +113,35 @@ def _reachable(key: tuple[type, str]) -> bool:
     return False
 
 
+def _is_stand_in(attribute: Any) -> bool:
+    """Tell whether *attribute* is a stand-in of selfguard's sitecustomize, waiting for the first connect."""
+    # type(), not getattr() alone: a wrapt proxy someone put around a stand-in
+    # answers for the stand-in's attributes, and it is theirs to keep.
+    return type(attribute) is types.FunctionType and getattr(attribute, "_selfguard_deferred", False) is True
+
+
+def _replace_stand_ins(cls: type) -> None:
+    """Put the guard's wrapper where each stand-in of selfguard's sitecustomize sits, in one store.
+
+    Called with the options already in force. A connect in another thread
+    meets either a stand-in -- which waits for `lock`, then goes through the
+    guard -- or the wrapper; the attribute is never absent, so never the bare
+    method. (Taking the stand-ins off first, then patching, left that gap.)
+    """
+    for name, wrapper in _WRAPPERS.items():
+        if _is_stand_in(vars(cls).get(name)):
+            # The method the stand-in hides: the one the class inherits.
+            hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
+            ours = wrapt.FunctionWrapper(hidden, wrapper)
+            setattr(cls, name, ours)
+            _patched[(cls, name)] = (ours, _ABSENT)  # uninstall() deletes it: the inherited method again
+    _forget_stand_ins()  # the sitecustomize is done; stand-ins left on other classes go
+
+
 def _forget_stand_ins() -> None:
-    # selfguard's sitecustomize may have put stand-ins on socket.socket that
-    # wait for the first connect to install the guard: install() and
-    # uninstall() take over from them, so they must go first (and stay gone).
+    # selfguard's sitecustomize may have put stand-ins on socket classes that
+    # wait for the first connect to install the guard: install() replaces
+    # them on socket.socket, and uninstall() takes them off, for good.
     forget = getattr(sys.modules.get("sitecustomize"), "selfguard_forget", None)
     if forget is not None:
         forget()
@@ -140,6 +168,23 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def status() -> str:
+    """Tell how this process is guarded: "active", "armed" or "off".
+
+    "active": the guard's wrappers are on socket.socket. "armed": selfguard's
+    sitecustomize has put its stand-ins there, and the first connect,
+    connect_ex or bind will install the guard and go through it. "off":
+    neither (never installed, uninstalled, or SELFGUARD=0).
+    """
+    if _state.state.options is not None:
+        return "active"
+    # SELFGUARD switched off after start-up: the first connect's install() will do nothing.
+    switched_off = os.environ.get("SELFGUARD", "").strip().lower() in _config._FALSE
+    if not switched_off and any(_is_stand_in(vars(socket.socket).get(name)) for name in _WRAPPERS):
+        return "armed"
+    return "off"
+
+
 def is_installed() -> bool:
-    """Tell whether the guard is active in this process."""
-    return _state.state.options is not None
+    """Tell whether every TCP connect of this process is guarded: status() is "active" or "armed"."""
+    return status() != "off"

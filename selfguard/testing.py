@@ -155,6 +155,10 @@ def _below_the_guard(change: Callable[[], None]) -> None:
     # guard's retries passes through it and is counted as an attempt; so the
     # guard steps aside while the wrapper goes on or comes off.
     with _install.lock:
+        if _install.status() == "armed":
+            # The sitecustomize's stand-ins wait for the first connect; uninstall()
+            # would take them off for good, so install the guard they stand for now.
+            _install.install()
         options = state.options
         _install.uninstall()
         change()

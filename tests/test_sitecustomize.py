@@ -179,3 +179,21 @@ def test_threads_racing_to_the_first_connect_install_once():
         "print(selfguard.is_installed(), type(vars(socket.socket)['connect']).__name__)"
     )
     assert ("True FunctionWrapper", "") == (done.stdout.strip(), done.stderr)
+
+
+def test_a_wrapt_patch_put_on_top_of_a_stand_in_survives_the_first_connect():
+    """Someone's wrapt wrapper around a stand-in is theirs: the first connect does not take it off with the stand-in."""
+    done = python(
+        "import socket, wrapt, selfguard\n"
+        "calls = []\n"
+        "def theirs(wrapped, instance, args, kwargs):\n"
+        "    calls.append(args[0]); return wrapped(*args, **kwargs)\n"
+        "wrapt.wrap_function_wrapper(socket.socket, 'connect', theirs)\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        socket.socket().connect(('127.0.0.1', 1))\n"
+        "    except ConnectionRefusedError:\n"
+        "        pass\n"
+        "print(len(calls), selfguard.is_installed())"
+    )
+    assert ("2 True", "") == (done.stdout.strip(), done.stderr)

@@ -10,25 +10,30 @@ further along sys.path (Debian ships one) still runs.
 It costs nothing in a process that never connects: when the program imports
 socket, it only puts small stand-ins on socket.socket's connect, connect_ex
 and bind; the first call of one of them imports selfguard (and wrapt), runs
-install() -- which takes the stand-ins off -- and carries on through the guard. Installing any earlier -- while
-socket itself is being imported -- would import wrapt in the middle of
-whatever module imported socket, and wrapt 2 imports asyncio, inspect and
-email, which can be exactly the modules half-way through their own import
-(`import urllib.request` is one such chain).
+install() -- which puts the guard's wrappers where the stand-ins are -- and
+carries on through the guard. Installing any earlier -- while socket itself
+is being imported -- would import wrapt in the middle of whatever module
+imported socket, and wrapt 2 imports asyncio, inspect and email, which can
+be exactly the modules half-way through their own import (`import
+urllib.request` is one such chain).
 
-Kept compatible with old interpreters that may inherit PYTHONPATH from
-`selfguard run`: no syntax newer than Python 3.6.
+Old interpreters may inherit PYTHONPATH from `selfguard run`: the file keeps
+to Python 3.6 syntax, and before 3.9 it says in one line that the guard is not
+active and only runs the sitecustomize it hides.
 """
 
 import _thread
 import os
 import sys
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing is not imported at start-up
+if TYPE_CHECKING:
+    from typing import Any
+
 _SELFGUARD_DEFERRED = ("connect", "connect_ex", "bind")
 _selfguard_lock = _thread.RLock()  # guards the list below; always taken last (after selfguard's own lock)
 _selfguard_stand_ins: "list[tuple[type, str]]" = []  # where stand-ins sit
 _selfguard_settled = False  # the first call happened, or install()/uninstall() took over
-_selfguard_guarded = False  # whether that first call installed the guard
 _selfguard_importing = False  # whether a first call is importing selfguard right now
 
 
@@ -36,60 +41,73 @@ def _selfguard_report(exc: BaseException) -> None:
     sys.stderr.write(f"selfguard: not active in this process: {type(exc).__name__}: {exc}\n")
 
 
-def selfguard_forget() -> None:
-    """Take every stand-in off: install() or uninstall() took over, or the first call has been made.
+def _selfguard_is_stand_in(attribute: object) -> bool:
+    # type(), not getattr() alone: a wrapt proxy someone put around a stand-in
+    # answers for the stand-in's attributes, and it is theirs, not ours.
+    return type(attribute) is type(_selfguard_report) and getattr(attribute, "_selfguard_deferred", False) is True
 
-    selfguard's install() and uninstall() call it. A stand-in someone kept a
-    reference to goes straight to the method it stood in for from then on.
+
+def selfguard_forget() -> None:
+    """Take every stand-in off: install() or uninstall() took over, or the first call failed.
+
+    selfguard's install() calls it once it has put its wrappers where the
+    stand-ins were, uninstall() to leave socket.socket bare. A stand-in
+    someone kept a reference to (or patched over) still works: see below.
     """
     global _selfguard_settled
     with _selfguard_lock:
         for cls, name in _selfguard_stand_ins:
-            if getattr(vars(cls).get(name), "_selfguard_deferred", False):
+            if _selfguard_is_stand_in(vars(cls).get(name)):
                 delattr(cls, name)
         del _selfguard_stand_ins[:]
         _selfguard_settled = True
 
 
-def _selfguard_first_call() -> None:
-    """The process's first connect, connect_ex or bind: install the guard (once, whichever thread comes first)."""
-    global _selfguard_guarded
-    if _selfguard_settled:
-        return
+def _selfguard_guard_is_on() -> bool:
+    """Install the guard unless that happened already (once, whichever thread comes first); tell whether it is on.
+
+    Each call of a stand-in asks: the process's first connect, connect_ex or
+    bind; calls in other threads that came in meanwhile, which wait for that
+    install to finish; and, later, calls through a stand-in that someone
+    kept a reference to or patched over.
+    """
     global _selfguard_importing
-    _selfguard_importing = True
-    try:
-        from selfguard import _install
-    except Exception as exc:  # selfguard missing in this interpreter, or broken
-        with _selfguard_lock:
-            if not _selfguard_settled:
-                _selfguard_report(exc)
-                selfguard_forget()
-        return
-    finally:
-        _selfguard_importing = False
-    with _install.lock:  # the order of the two locks is always: selfguard's, then ours
-        if _selfguard_settled:
-            return
+    if _selfguard_settled:  # selfguard is imported by now, or could not be (and that was said)
+        installer: Any = sys.modules.get("selfguard._install")
+        if installer is None:
+            return False
+    else:
+        _selfguard_importing = True
         try:
-            _install.install()  # takes the stand-ins off (selfguard_forget)
-            _selfguard_guarded = _install.is_installed()
-        except Exception as exc:
-            _selfguard_report(exc)
-        selfguard_forget()
+            from selfguard import _install as installer
+        except Exception as exc:  # selfguard missing in this interpreter, or broken
+            with _selfguard_lock:
+                if not _selfguard_settled:
+                    _selfguard_report(exc)
+                    selfguard_forget()
+            return False
+        finally:
+            _selfguard_importing = False
+    with installer.lock:  # the order of the two locks is always: selfguard's, then ours
+        if not _selfguard_settled:
+            try:
+                installer.install()  # puts the guard's wrappers where the stand-ins are, then forgets them
+            except Exception as exc:
+                _selfguard_report(exc)
+            selfguard_forget()  # whatever happened, the stand-ins are done
+        return installer.status() == "active"  # type: ignore[no-any-return]
 
 
 def _selfguard_stand_in(cls: type, name: str) -> object:
     # The method the stand-in hides, found where the class would find it
-    # without the stand-in. The first call goes on through that method (with
-    # the guard around it), never through getattr(self, name): a subclass
+    # without the stand-in. Calls go on through that method (with the guard
+    # around it), never through getattr(self, name): a subclass
     # (ssl.SSLSocket) or a patch on top would otherwise run twice.
     hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
 
     def stand_in(self: object, *args: object, **kwargs: object) -> object:
-        _selfguard_first_call()
         method = hidden
-        if _selfguard_guarded:
+        if _selfguard_guard_is_on():
             from selfguard import _install
 
             method = _install.guard_for(hidden, name)
@@ -127,18 +145,29 @@ def _selfguard_after_fork_in_child() -> None:
 class _SelfguardAfterSocket:
     """A meta path finder that, on the first import of socket, puts the stand-ins on socket.socket."""
 
+    def __init__(self) -> None:
+        # Threads inside find_spec right now. A finder that asks the rest of
+        # sys.meta_path, as this one does, asks this one back; answering
+        # None then ends what would otherwise recurse until RecursionError.
+        self._busy: set[int] = set()  # not evaluated (in a function), so fine on 3.6
+
     def find_spec(self, name: str, path: object = None, target: object = None) -> object:
-        if name != "socket":
+        thread = _thread.get_ident()
+        if name != "socket" or thread in self._busy:
             return None
-        for finder in sys.meta_path:
-            if finder is self:  # type: ignore[comparison-overlap]
-                continue
-            find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(name, path, target) if find_spec else None
-            if spec is not None:
-                if getattr(spec, "loader", None) is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _SelfguardThenDefer(spec.loader, self)
-                return spec
+        self._busy.add(thread)
+        try:
+            for finder in list(sys.meta_path):
+                if finder is self:  # type: ignore[comparison-overlap]
+                    continue
+                find_spec = getattr(finder, "find_spec", None)
+                spec = find_spec(name, path, target) if find_spec else None
+                if spec is not None:
+                    if getattr(spec, "loader", None) is not None and hasattr(spec.loader, "exec_module"):
+                        spec.loader = _SelfguardThenDefer(spec.loader, self)
+                    return spec
+        finally:
+            self._busy.discard(thread)
         return None
 
 
@@ -168,7 +197,13 @@ class _SelfguardThenDefer:
 
 
 def _selfguard_next_sitecustomize() -> None:
-    """Run the sitecustomize that this file hides, if there is one further along sys.path."""
+    """Run the sitecustomize that this file hides, if there is one further along sys.path.
+
+    A file already run in this process (this one reached again through a
+    symlink, or a copy of it seen before) is passed over; a copy of this file
+    further along runs, finds the hook or the stand-ins of the first in place,
+    and only hands on to the next.
+    """
     here = os.path.dirname(os.path.abspath(__file__))
     later = False
     for entry in sys.path:
@@ -177,26 +212,45 @@ def _selfguard_next_sitecustomize() -> None:
             later = directory == here
             continue
         candidate = os.path.join(directory, "sitecustomize.py")
-        if os.path.isfile(candidate):
+        if os.path.isfile(candidate) and os.path.realpath(candidate) not in _selfguard_ran:
             with open(candidate, "rb") as f:
                 code = compile(f.read(), candidate, "exec")
-            exec(code, {"__name__": "sitecustomize", "__file__": candidate, "__builtins__": __builtins__})
+            namespace = {"__name__": "sitecustomize", "__file__": candidate, "__builtins__": __builtins__}
+            namespace["_selfguard_ran"] = _selfguard_ran  # read by a copy of this file, ignored by any other
+            exec(code, namespace)
             return
 
 
 def _selfguard_boot() -> None:
     if os.environ.get("SELFGUARD", "").strip().lower() in ("0", "false", "off", "no"):
         return  # the off switch: not even the import hook
+    if sys.version_info < (3, 9):  # noqa: UP036  # this file runs where selfguard itself cannot
+        # An old interpreter that inherited PYTHONPATH (from `selfguard run`,
+        # say): selfguard cannot run here, so nothing of the hook does either.
+        python = ".".join(str(part) for part in sys.version_info[:3])
+        sys.stderr.write(
+            f"selfguard: not active in this process: Python {python} is older than 3.9, which selfguard needs\n"
+        )
+        return
     socket_module = sys.modules.get("socket")
+    if socket_module is None and any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
+        return  # a copy of this file earlier on sys.path is waiting for socket: one guard is enough
+    os.register_at_fork(after_in_child=_selfguard_after_fork_in_child)
     if socket_module is not None:
-        selfguard_defer(socket_module.socket)
+        selfguard_defer(socket_module.socket)  # leaves another copy's stand-ins alone
     else:
         sys.meta_path.insert(0, _SelfguardAfterSocket())  # type: ignore[arg-type]  # a duck-typed finder
 
 
-os.register_at_fork(after_in_child=_selfguard_after_fork_in_child)
-try:
-    _selfguard_boot()
-except Exception as _exc:  # never stop an interpreter from starting
-    _selfguard_report(_exc)
+# The sitecustomize files run in this process so far (real paths). A copy of
+# this file hands the set on to the file it runs next, so that no file runs
+# twice; a copy that is handed it knows an earlier copy has seen to the guard.
+_selfguard_chained = "_selfguard_ran" in globals()
+_selfguard_ran: "set[str]" = globals().get("_selfguard_ran") or set()
+_selfguard_ran.add(os.path.realpath(__file__))
+if not _selfguard_chained:
+    try:
+        _selfguard_boot()
+    except Exception as _exc:  # never stop an interpreter from starting
+        _selfguard_report(_exc)
 _selfguard_next_sitecustomize()
