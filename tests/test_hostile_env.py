@@ -124,7 +124,7 @@ def test_install_under_warnings_as_errors_warns_on_stderr_and_guards(monkeypatch
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert selfguard.install() is True
-    assert _config.Options() == selfguard._install._guard._options
+    assert _config.Options() == testing.options()
     assert "selfguard: Invalid value 'lots' for SELFGUARD_RETRIES environment variable: " in capsys.readouterr().err
 
 
