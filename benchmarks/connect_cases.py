@@ -1,0 +1,184 @@
+"""The loops bench_connect.py times: one bounded loop per case, loopback only, each with its target.
+
+A case's loop is the same code for every variant (unguarded, floor, selfguard);
+only what sits on socket.socket and the event-loop classes changes around it.
+Clients close with SO_LINGER (1, 0), i.e. RST, so no TIME_WAIT piles up over
+thousands of iterations and a bound port can be bound again at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from selfguard.testing import free_port
+
+LINGER_RST = struct.pack("ii", 1, 0)
+
+Loop = Callable[[int], None]  # runs the case n times
+
+
+@dataclass
+class Case:
+    key: str  # the --case name
+    title: str
+    target: float  # allowed selfguard - floor, as a fraction of the unguarded time
+    iterations: int  # per timed block at --scale 1: about 10 ms unguarded on a 2-core VM
+    run: Loop
+
+
+def cycle_loop(srv: socket.socket, bind_to: Optional[tuple[str, int]] = None) -> Loop:
+    """connect + accept + close to the listener *srv*; from an explicitly bound socket if *bind_to*."""
+    address = srv.getsockname()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            c = socket.socket()
+            if bind_to is not None:
+                c.bind(bind_to)
+            c.connect(address)
+            a, _ = srv.accept()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            c.close()
+            a.close()
+
+    return run
+
+
+def refused_loop(port: int, api: str) -> Loop:
+    """socket + connect (or connect_ex) to a closed port + close."""
+    address = ("127.0.0.1", port)
+
+    def run_connect(n: int) -> None:
+        for _ in range(n):
+            c = socket.socket()
+            try:
+                c.connect(address)
+            except ConnectionRefusedError:
+                pass
+            c.close()
+
+    def run_connect_ex(n: int) -> None:
+        for _ in range(n):
+            c = socket.socket()
+            c.connect_ex(address)
+            c.close()
+
+    return run_connect if api == "connect" else run_connect_ex
+
+
+def udp_loop(port: int) -> Loop:
+    address = ("127.0.0.1", port)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            c.connect(address)
+            c.close()
+
+    return run
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+    writer.transport.abort()
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    _reset(writer)
+
+
+def open_connection_loop(loop: asyncio.AbstractEventLoop) -> tuple[Loop, int]:
+    """asyncio.open_connection + RST on *loop*, to a server on the same loop; returns the loop and the port."""
+    server = loop.run_until_complete(asyncio.start_server(_serve, "127.0.0.1", 0))
+    port: int = server.sockets[0].getsockname()[1]
+
+    async def cycles(n: int) -> None:
+        for _ in range(n):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            _reset(writer)
+
+    def run(n: int) -> None:
+        loop.run_until_complete(cycles(n))
+
+    return run, port
+
+
+def _listener(port: int) -> socket.socket:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", port))
+    srv.listen(128)
+    return srv
+
+
+def _outside_port(low: int, high: int, avoid: tuple[int, ...] = ()) -> int:
+    if low > 2024:
+        return free_port(max(1024, low - 2000), low - 1, avoid=avoid)
+    return free_port(high + 1, min(65535, high + 2000), avoid=avoid)
+
+
+def closed_port_in_range(low: int, high: int) -> int:
+    """A free port inside low..high of the parity *other* than the low end's.
+
+    Linux's connect() tries source ports of the low end's parity first (bind()
+    prefers the other one; see DESIGN.md, "port parity"), so our own connects
+    never pick a port of the other parity as their source on an idle host: no
+    round meets a real self-connect by chance, which would cost the guard a
+    retry and the other variants a corrupt iteration.
+    """
+    for _ in range(100):
+        port = free_port(low, high)
+        if (port - low) % 2 == 1:
+            return port
+    raise RuntimeError(f"no free port of the non-connect parity in {low}-{high}")
+
+
+def build_cases(low: int, high: int) -> tuple[list[Case], list[str]]:
+    """Set up listeners and loops for every case; returns the cases and notes on skipped ones."""
+    inside = _listener(0)  # the kernel gives a listener on port 0 an ephemeral port
+    outside = _listener(_outside_port(low, high))
+    in_port, out_port = inside.getsockname()[1], outside.getsockname()[1]
+    bound_port = _outside_port(low, high, avoid=(out_port,))  # a user's explicit source port
+    closed = closed_port_in_range(low, high)
+    aio_loop, aio_port = open_connection_loop(asyncio.new_event_loop())
+    if not low <= in_port <= high or not low <= aio_port <= high:
+        raise RuntimeError(f"listeners on port 0 got ports {in_port}, {aio_port} outside {low}-{high}")
+
+    cases = [
+        Case("outside", f"connect+accept, port outside range ({out_port})", 0.02, 700, cycle_loop(outside)),
+        Case("inside", f"connect+accept, port inside range ({in_port})", 0.03, 700, cycle_loop(inside)),
+        Case("refused", f"refused connect(), inside range ({closed})", 0.03, 1500, refused_loop(closed, "connect")),
+        Case("refused_ex", f"refused connect_ex(), inside range ({closed})", 0.03, 1500, refused_loop(closed, "ex")),
+        Case("udp", f"UDP socket+connect+close, inside range ({closed})", 0.02, 3000, udp_loop(closed)),
+        Case(
+            "bound",
+            f"bound to {bound_port}, connect+accept inside range ({in_port})",
+            0.02,
+            600,
+            cycle_loop(inside, bind_to=("127.0.0.1", bound_port)),
+        ),
+        Case("asyncio", f"asyncio open_connection, inside range ({aio_port})", 0.03, 200, aio_loop),
+    ]
+    notes = []
+    uv_loop = new_uvloop()
+    if isinstance(uv_loop, str):
+        notes.append(f"uvloop case skipped: {uv_loop}")
+    else:
+        uv_run, uv_port = open_connection_loop(uv_loop)
+        cases.append(Case("uvloop", f"uvloop open_connection, inside range ({uv_port})", 0.03, 250, uv_run))
+    return cases, notes
+
+
+def new_uvloop() -> Any:
+    """A new uvloop event loop, or why there is none."""
+    try:
+        import uvloop
+    except ImportError as exc:
+        return f"uvloop is not importable ({exc})"
+    return uvloop.new_event_loop()
+
+
+CASE_KEYS = ("outside", "inside", "refused", "refused_ex", "udp", "bound", "asyncio", "uvloop")
