@@ -26,7 +26,7 @@ class Case:
     key: str  # the --case name
     title: str
     target: float  # allowed selfguard - floor, as a fraction of the unguarded time
-    iterations: int  # per timed block at --scale 1: about 10 ms unguarded on a 2-core VM
+    iterations: int  # per slice at --scale 1: about 1 ms unguarded on a 2-core VM
     run: Loop
 
 
@@ -87,19 +87,30 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    _reset(writer)
-
-
 def open_connection_loop(loop: asyncio.AbstractEventLoop) -> tuple[Loop, int]:
-    """asyncio.open_connection + RST on *loop*, to a server on the same loop; returns the loop and the port."""
-    server = loop.run_until_complete(asyncio.start_server(_serve, "127.0.0.1", 0))
+    """asyncio.open_connection + RST on *loop*, to a server on the same loop; returns the loop and the port.
+
+    Each run waits until the server has handled all of its connections, so
+    no work of one timed slice spills over into the next (another variant's).
+    """
+    served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        served += 1
+        _reset(writer)
+
+    server = loop.run_until_complete(asyncio.start_server(serve, "127.0.0.1", 0))
     port: int = server.sockets[0].getsockname()[1]
 
     async def cycles(n: int) -> None:
+        goal = served + n
         for _ in range(n):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             _reset(writer)
+        while served < goal:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the transports' connection_lost callbacks, scheduled by abort()
 
     def run(n: int) -> None:
         loop.run_until_complete(cycles(n))
@@ -148,19 +159,19 @@ def build_cases(low: int, high: int) -> tuple[list[Case], list[str]]:
         raise RuntimeError(f"listeners on port 0 got ports {in_port}, {aio_port} outside {low}-{high}")
 
     cases = [
-        Case("outside", f"connect+accept, port outside range ({out_port})", 0.02, 700, cycle_loop(outside)),
-        Case("inside", f"connect+accept, port inside range ({in_port})", 0.03, 700, cycle_loop(inside)),
-        Case("refused", f"refused connect(), inside range ({closed})", 0.03, 1500, refused_loop(closed, "connect")),
-        Case("refused_ex", f"refused connect_ex(), inside range ({closed})", 0.03, 1500, refused_loop(closed, "ex")),
-        Case("udp", f"UDP socket+connect+close, inside range ({closed})", 0.02, 3000, udp_loop(closed)),
+        Case("outside", f"connect+accept, port outside range ({out_port})", 0.02, 60, cycle_loop(outside)),
+        Case("inside", f"connect+accept, port inside range ({in_port})", 0.03, 60, cycle_loop(inside)),
+        Case("refused", f"refused connect(), inside range ({closed})", 0.03, 130, refused_loop(closed, "connect")),
+        Case("refused_ex", f"refused connect_ex(), inside range ({closed})", 0.03, 150, refused_loop(closed, "ex")),
+        Case("udp", f"UDP socket+connect+close, inside range ({closed})", 0.02, 220, udp_loop(closed)),
         Case(
             "bound",
             f"bound to {bound_port}, connect+accept inside range ({in_port})",
             0.02,
-            600,
+            55,
             cycle_loop(inside, bind_to=("127.0.0.1", bound_port)),
         ),
-        Case("asyncio", f"asyncio open_connection, inside range ({aio_port})", 0.03, 200, aio_loop),
+        Case("asyncio", f"asyncio open_connection, inside range ({aio_port})", 0.03, 8, aio_loop),
     ]
     notes = []
     uv_loop = new_uvloop()
@@ -168,7 +179,7 @@ def build_cases(low: int, high: int) -> tuple[list[Case], list[str]]:
         notes.append(f"uvloop case skipped: {uv_loop}")
     else:
         uv_run, uv_port = open_connection_loop(uv_loop)
-        cases.append(Case("uvloop", f"uvloop open_connection, inside range ({uv_port})", 0.03, 250, uv_run))
+        cases.append(Case("uvloop", f"uvloop open_connection, inside range ({uv_port})", 0.03, 20, uv_run))
     return cases, notes
 
 
