@@ -46,6 +46,7 @@ import asyncio
 import asyncio.selector_events
 import gc
 import json
+import os
 import socket
 import statistics
 import sys
@@ -369,9 +370,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise SystemExit(f"nothing to run: {'; '.join(notes)}")
 
     selfguard.reset_stats()
+    load_before = os.getloadavg()[0]  # other processes' demand for the CPUs: how far to trust the figures
     started = time.monotonic()
     measure(benches, args.rounds)
     elapsed = time.monotonic() - started
+    load_after = os.getloadavg()[0]
     stats = selfguard.stats()
     header = {
         "python": sys.version.split()[0],
@@ -382,6 +385,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         "scale": args.scale,
         "clock": args.clock,
         "seconds": round(elapsed, 1),
+        "cpus": os.cpu_count(),
+        "load_average_1min": [load_before, load_after],
         "selfguard_patches": [method_name(m) for m in patched],
         "selfguard_stats": stats,
         "notes": notes,
@@ -392,8 +397,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         return
     print(
         f"Python {header['python']}, wrapt {header['wrapt']}, selfguard {header['selfguard']}, ephemeral range "
-        f"{low}-{high}, {args.rounds} rounds in {elapsed:.0f} s\nselfguard.install() patches: "
-        + ", ".join(header["selfguard_patches"])
+        f"{low}-{high}, {args.rounds} rounds in {elapsed:.0f} s\n{os.cpu_count()} CPUs, 1-minute load average "
+        f"{load_before:.2f} before and {load_after:.2f} after (other processes compete with the benchmark)\n"
+        "selfguard.install() patches: " + ", ".join(header["selfguard_patches"])
     )
     for note in notes:
         print(note)
