@@ -270,7 +270,7 @@ def verdict(f: Figures, target: float) -> str:
         if q1 > target
         else f"paired median {median:+.3f}" + ("" if median > target else ", within target: maybe noise")
     )
-    return f"MISSED by {miss:+.4f} ({miss * f.micros['unguarded']:+.2f} us; {firmly})"
+    return f"MISSED by {miss:+.4f} ({miss * f.micros['unguarded']:+.3f} us; {firmly})"
 
 
 # ---------------------------------------------------------------- reporting
