@@ -19,7 +19,7 @@ Three variants run each case's loop (benchmarks/connect_cases.py):
              guard on those methods pays;
   selfguard  selfguard.install() with its defaults.
 Each round times the three on each case, finely interleaved: in 18 slices of
-about 1 ms, each slice running the variants back to back in an order that
+1 to 3 ms, each slice running the variants back to back in an order that
 rotates. Per variant the figure is the median over rounds of the time per
 iteration; ratios are to the unguarded median, "above floor" is selfguard's
 ratio minus the floor's (and the same in microseconds), and the spread is that
