@@ -61,7 +61,7 @@ def is_inet(sock: Any) -> bool:
         return int(sock.family) in INET_FAMILIES
 
 
-def self_connected(sock: Any, port: int = 0) -> Optional[tuple[Any, ...]]:
+def self_connected(sock: Any, port: int = 0, local: Optional[tuple[Any, ...]] = None) -> Optional[tuple[Any, ...]]:
     """Return the local address if the connected *sock* is connected to itself, else None.
 
     *port* is the port that was dialled, when the caller knows it: the peer's
@@ -69,13 +69,15 @@ def self_connected(sock: Any, port: int = 0) -> Optional[tuple[Any, ...]]:
     end this cannot be a self-connect, and one syscall answers. Without it
     (a connect completed out of sight, read through SO_ERROR) the local port
     must be one the kernel picks, inside the ephemeral range. Counts every
-    connection it examines in stats()["checked"]. Never raises.
+    connection it examines in stats()["checked"]. Never raises. *local*, when
+    the caller has it already, spares the getsockname().
     """
-    try:
-        local: tuple[Any, ...] = _getsockname(sock) if isinstance(sock, _socket.socket) else sock.getsockname()
-    except OSError as exc:
-        _events.fault("getsockname after connect", exc)
-        return None
+    if local is None:
+        try:
+            local = _getsockname(sock) if isinstance(sock, _socket.socket) else sock.getsockname()
+        except OSError as exc:
+            _events.fault("getsockname after connect", exc)
+            return None
     if port:
         next(_events.checked)
         if local[1] != port:

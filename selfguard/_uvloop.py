@@ -43,8 +43,12 @@ class _Gate:
         self.action: Optional[Action] = None
 
     def connection_made(self, transport: Any) -> None:
-        sock = transport.get_extra_info("socket")
-        local = self_connected(sock, self.port) if sock is not None else None
+        # The transport's sockname costs a quarter of its socket's
+        # getsockname() under uvloop; the socket is only needed when the
+        # ports match, to ask for the peer.
+        local = transport.get_extra_info("sockname")
+        sock = transport.get_extra_info("socket") if local is None or local[1] == self.port else None
+        local = self_connected(sock, self.port, local) if sock is not None or local is not None else None
         if local is not None:
             self.action = on_self_connect(sock, local, self.address, API, self.attempt, can_retry=True)
             if self.action is not Action.HAND_BACK:
@@ -72,42 +76,56 @@ def _open_gate(into: list[_Gate], *args: Any) -> _Gate:
     return into[-1]
 
 
-async def create_connection(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+def create_connection(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Guard uvloop's Loop.create_connection (and so asyncio.open_connection under uvloop).
 
     Passes through, untouched, whatever cannot self-connect or is not the
     guard's: a sock= given, a local_addr bound to an explicit port, a port
-    outside the ephemeral range, arguments the real method will reject.
+    outside the ephemeral range, arguments the real method will reject. Not
+    a coroutine itself: a passthrough returns uvloop's own coroutine, with no
+    layer of ours around it.
     """
     if state.options is None or not 1 <= len(args) <= 3:
-        return await wrapped(*args, **kwargs)
+        return wrapped(*args, **kwargs)
     factory, host, port = (*args, None, None)[:3]
-    host = kwargs.get("host", host)
-    port = kwargs.get("port", port)
+    if kwargs:
+        host = kwargs.get("host", host)
+        port = kwargs.get("port", port)
     if isinstance(port, str) and port.isdigit():
         port = int(port)  # getaddrinfo takes a port as text too
     number = port_of((host, port))
-    local_addr = kwargs.get("local_addr")
-    if (
-        host is None
-        or not number
-        or kwargs.get("sock") is not None
-        or (local_addr is not None and port_of(local_addr))
-        or not in_range(number)
-    ):
-        return await wrapped(*args, **kwargs)
-    tls = {name: kwargs[name] for name in _TLS_OPTIONS if name in kwargs}
-    rest = {name: value for name, value in kwargs.items() if name not in ("host", "port", *_TLS_OPTIONS)}
-    use_tls = bool(tls.get("ssl"))
-    if not use_tls:
-        rest.update(tls)  # ssl=None/False with its options: the real method judges them
+    if host is None or not number or not in_range(number):
+        return wrapped(*args, **kwargs)
+    if kwargs:
+        local_addr = kwargs.get("local_addr")
+        if kwargs.get("sock") is not None or (local_addr is not None and port_of(local_addr)):
+            return wrapped(*args, **kwargs)
+        tls = {name: kwargs[name] for name in _TLS_OPTIONS if name in kwargs}
+        rest = {name: value for name, value in kwargs.items() if name not in ("host", "port", *_TLS_OPTIONS)}
+        if not tls.get("ssl"):
+            rest.update(tls)  # ssl=None/False with its options: the real method judges them
+            tls = {}
+    else:
+        tls = rest = {}
+    return _through_gates(wrapped, instance, factory, host, port, number, rest, tls)
+
+
+async def _through_gates(
+    wrapped: Callable[..., Any],
+    loop: Any,
+    factory: Callable[[], Any],
+    host: Any,
+    port: Any,
+    number: int,
+    rest: dict[str, Any],
+    tls: dict[str, Any],
+) -> Any:
+    """Connect through a gate until the policy is satisfied; then TLS, if asked for."""
     address = (host, port)
     attempt = 1
     while True:
         gates: list[_Gate] = []
-        opener = functools.partial(_open_gate, gates, factory, number, address, attempt, use_tls)
+        opener = functools.partial(_open_gate, gates, factory, number, address, attempt, bool(tls))
         transport, _ = await wrapped(opener, host, port, **rest)
         action = gates[-1].action
         if action is Action.REFUSE:
@@ -117,9 +135,9 @@ async def create_connection(
         attempt += 1
         retrying(API, address, attempt, "self-connect")
     protocol = gates[-1].protocol
-    if not use_tls:
+    if not tls:
         return transport, protocol
-    return await _start_tls(instance, transport, protocol, host, tls)
+    return await _start_tls(loop, transport, protocol, host, tls)
 
 
 async def _start_tls(loop: Any, transport: Any, protocol: Any, host: Any, tls: dict[str, Any]) -> Any:
