@@ -266,7 +266,22 @@ static inline int candidate(int fd) {
     if (!tracked(fd)) return 0;
     uint8_t st = fd_load(fd);
     if (st & FD_KNOWN) return (st & (FD_TCP | FD_BOUND)) == FD_TCP;
-    return 1; /* not seen created (inherited, received): learnt when it matters */
+    return 1; /* not seen created (inherited, received) and not dialled here: learnt when it matters */
+}
+
+/* A socket this library did not see created (inherited, received with SCM_RIGHTS, copied
+ * with fcntl(F_DUPFD)), about to dial: learn its kind, and whether it already has a port --
+ * bound before it got here, maybe on purpose. Such a socket is left alone, as one bound to
+ * an explicit port is (a socket bound to port 0 elsewhere is then left alone too). Runs
+ * before the real call, so it must not change errno; once per fd. */
+static void learn_before_dialling(int fd) {
+    int saved = errno;
+    if (learn_kind(fd)) {
+        struct sockaddr_storage local;
+        socklen_t len = sizeof local;
+        if (getsockname(fd, (struct sockaddr *)&local, &len) == 0 && local_port(&local) != 0) fd_add(fd, FD_BOUND);
+    }
+    errno = saved;
 }
 
 static inline int is_tcp(int fd) {
@@ -622,6 +637,7 @@ __attribute__((constructor)) static void selfguard_native_load(void) { guard_on(
 
 EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     REAL_OR_FAIL(connect, -1)
+    if (UNLIKELY(tracked(fd) && !(fd_load(fd) & FD_KNOWN)) && guard_on()) learn_before_dialling(fd);
     int rc = next_connect(fd, addr, len);
     /* Refused, EINPROGRESS, every other error: the kernel's answer, untouched. */
     if (rc != 0 && errno != EADDRNOTAVAIL) return rc;
@@ -725,6 +741,8 @@ static ssize_t sendto_again(const void *p) {
 
 EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct sockaddr *addr, socklen_t alen) {
     REAL_OR_FAIL(sendto, -1)
+    if (UNLIKELY((flags & MSG_FASTOPEN) && tracked(fd) && !(fd_load(fd) & FD_KNOWN)) && guard_on())
+        learn_before_dialling(fd);
     ssize_t rc = next_sendto(fd, buf, n, flags, addr, alen);
     if (rc < 0 || !(flags & MSG_FASTOPEN) || addr == NULL) return rc;
     if (!guard_on() || !candidate(fd)) return rc;
@@ -745,6 +763,8 @@ static ssize_t sendmsg_again(const void *p) {
 
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
     REAL_OR_FAIL(sendmsg, -1)
+    if (UNLIKELY((flags & MSG_FASTOPEN) && tracked(fd) && !(fd_load(fd) & FD_KNOWN)) && guard_on())
+        learn_before_dialling(fd);
     ssize_t rc = next_sendmsg(fd, msg, flags);
     /* rc >= 0: the kernel read *msg, so it is readable. */
     if (rc < 0 || !(flags & MSG_FASTOPEN) || msg->msg_name == NULL) return rc;
