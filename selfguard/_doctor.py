@@ -136,6 +136,9 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"  {_describe(p)}: {p['reason']}" for p in safe]
     if quiet:
         lines.append(f"  ({count(quiet)} other listening port(s) lie outside the ephemeral range: safe)")
+    for pid, active in report.get("native_guard", {}).items():
+        state = "active" if active else "not active (not preloaded, SELFGUARD=0, or no such process)"
+        lines.append(f"Native guard in process {pid}: {state}")
     if "apply" in report:
         lines += ["", *render_apply(report["apply"], SYSCTL_FILE)]
     elif risky:
@@ -197,6 +200,14 @@ def register(commands: Commands) -> None:
         metavar="P",
         help="also check port P, for a service that is down right now (repeatable)",
     )
+    parser.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PID",
+        help="also tell whether the native guard (selfguard run --native) is active in process PID (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     parser.add_argument("--apply", action="store_true", help=f"reserve the ports at risk in {SYSCTL} (root)")
     parser.add_argument(
@@ -220,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the command; its exit status is in DESCRIPTION."""
     try:
         report = examine(args.port)
+        if args.pid:
+            from . import _native
+
+            report["native_guard"] = {str(pid): _native.active_in(pid) for pid in args.pid}
         if args.apply or args.dry_run:
             checked = [p["port"] for p in report["ports"] if p["in_range"]]
             changes = plan(report["at_risk"], checked, args.persist)

@@ -105,7 +105,16 @@ def stats() -> dict[str, int]:
         relented: of those, the ones handed back connected (mode "relent");
         addrnotavail: spurious EADDRNOTAVAIL seen on kernel-picked ports;
         faults: failures of the guard's own machinery (it failed open).
+    Where the native guard (selfguard run --native) is loaded, its counters
+    are included, each self-connect counted once.
     """
+    from . import _native  # os only; ctypes once, on the first call
+
+    return _native.merge(own_stats(), _native.counters())
+
+
+def own_stats() -> dict[str, int]:
+    """The Python guard's own counters, without the native guard's."""
     return {name: _value(counter) for name, counter in _counters.items()}
 
 
@@ -114,6 +123,9 @@ def reset_stats() -> None:
     global _counters, checked
     _counters = _fresh_counters()
     checked = _counters["checked"]
+    from . import _native
+
+    _native.reset_counters()
 
 
 def forget() -> None:

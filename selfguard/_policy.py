@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-from . import _events
+from . import _events, _native
 from ._detect import is_inet
 from ._events import Event
 from ._kernel import disconnect
@@ -45,6 +45,11 @@ def on_self_connect(sock: Any, local: Any, address: Any, api: str, attempt: int,
     options = state.options
     if options is None or sock in state.handed_back:
         return Action.HAND_BACK  # uninstalled meanwhile, or handed back before: reported once is enough
+    if _native.handed_back(sock):
+        # The native guard (LD_PRELOAD) below met it first in libc, counted it and handed it
+        # back as its settings say: decided and counted once.
+        remember(state.handed_back, sock)
+        return Action.HAND_BACK
     last = not can_retry or attempt > options.retries
     mode = options.mode
     kinds = ["self_connect"]
@@ -79,8 +84,8 @@ def on_addrnotavail(sock: Any, port: int, address: Any, api: str, attempt: int, 
     options = state.options
     if options is None or not options.retry_addrnotavail or not in_range(port) or not is_inet(sock):
         return Action.HAND_BACK
-    if sock in state.user_bound:
-        return Action.HAND_BACK
+    if sock in state.user_bound or _native.watches(sock):
+        return Action.HAND_BACK  # the user's port; or the native guard's EADDRNOTAVAIL, counted and retried below
     _events.publish(Event("addrnotavail", api, None, address, attempt))
     if not can_retry or attempt > options.retries:
         return Action.HAND_BACK  # EADDRNOTAVAIL every time: report the last one as it was

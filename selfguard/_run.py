@@ -7,7 +7,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from ._cli import EXIT_USAGE
+from . import _native
+from ._cli import EXIT_CANNOT_RUN, EXIT_USAGE
 
 if TYPE_CHECKING:
     from ._cli import Commands
@@ -33,6 +34,7 @@ with '-'.
 exit status:
   CMD's own
   {EXIT_USAGE}    usage error: no CMD, or an option before it (`selfguard run -x`)
+  {EXIT_CANNOT_RUN}    --native, but the native guard is not built here (says what is missing)
   126  CMD cannot be executed
   127  CMD not found (looked up on PATH)"""
 
@@ -53,6 +55,14 @@ def register(commands: Commands) -> None:
         unknown=_not_a_command,
     )
     parser.add_argument(
+        "--native",
+        action="store_true",
+        help=(
+            "also guard connects made in C (libpq, libcurl, Node, Java, ...): put selfguard's native guard "
+            f"first in LD_PRELOAD for every program of CMD's process tree. It cannot reach {_native.CANNOT_REACH}"
+        ),
+    )
+    parser.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]", help="the command to run, with its arguments"
     )
 
@@ -60,7 +70,7 @@ def register(commands: Commands) -> None:
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not command:
             parser.error(f"nothing to run: {WRITE_IT}")
-        return run(command)
+        return run(command, native=args.native)
 
     parser.set_defaults(func=handle)
 
@@ -75,11 +85,18 @@ def environment(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run(command: list[str]) -> int:
+def run(command: list[str], native: bool = False) -> int:
     """Replace this process with the command: its exit status, signals and stdio are the command's own."""
+    env = environment(dict(os.environ))
+    if native:
+        try:
+            env = _native.environment(env)
+        except _native.Unavailable as exc:
+            print(f"selfguard run: --native: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_RUN
     sys.stdout.flush()
     try:
-        os.execvpe(command[0], command, environment(dict(os.environ)))
+        os.execvpe(command[0], command, env)
     except FileNotFoundError:
         print(f"selfguard run: {command[0]}: command not found", file=sys.stderr)
         return 127  # as a shell says it
