@@ -7,6 +7,7 @@ import collections
 import itertools
 import os
 
+from . import _native  # os only: ctypes waits for the first question about the native guard
 from ._errors import format_address
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -108,8 +109,6 @@ def stats() -> dict[str, int]:
     Where the native guard (selfguard run --native) is loaded, its counters
     are included, each self-connect counted once.
     """
-    from . import _native  # os only; ctypes once, on the first call
-
     return _native.merge(own_stats(), _native.counters())
 
 
@@ -123,8 +122,6 @@ def reset_stats() -> None:
     global _counters, checked
     _counters = _fresh_counters()
     checked = _counters["checked"]
-    from . import _native
-
     _native.reset_counters()
 
 

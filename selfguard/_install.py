@@ -10,7 +10,10 @@ import types
 
 import wrapt
 
-from . import _config, _state
+# Every module install() needs is imported here, none inside it: under the
+# sitecustomize a fork can land while another thread installs, and a child
+# that then imports a module the parent was half-way through would hang.
+from . import _config, _loops, _state
 from ._connect import bind_wrapper, make_connect_wrapper
 from ._fastopen import make_send_wrapper
 from ._nonblocking import getsockopt_wrapper
@@ -62,9 +65,7 @@ def activate(options: _config.Options) -> None:
                 wrap(cls, name, wrapper)
         _state.set_options(options)
         _replace_stand_ins(cls)  # after the options, so the stand-ins' waiting callers go through the guard
-        from . import _loops  # after the options: its patch reads them
-
-        _loops.watch()
+        _loops.watch()  # after the options: its patch reads them
 
 
 def wrap(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
