@@ -123,3 +123,19 @@ def test_an_old_interpreter_with_selfguard_off_says_nothing(interpreter, users):
         timeout=60,
     )
     assert (0, "theirs ran\nconnect_ex -> refused\n", "") == (done.returncode, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("version", ["3.6", "3.12"])
+def test_with_stderr_closed_an_interpreter_that_cannot_run_the_guard_still_starts_and_connects(version):
+    """`2>&-`: an old interpreter, or one without selfguard installed, starts, connects and exits 0 all the same."""
+    found = old_python(version)
+    require(found is not None, f"no Python {version} interpreter (python{version} on PATH, or pyenv's)")
+    assert found is not None
+    done = subprocess.run(
+        ["sh", "-c", 'exec "$0" -c "$1" 2>&-', found, PROGRAM],
+        env={**clean_env(), "PYTHONPATH": BOOTSTRAP},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (0, "connect_ex -> refused") == (done.returncode, done.stdout.strip())

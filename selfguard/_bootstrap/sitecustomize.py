@@ -37,8 +37,16 @@ _selfguard_settled = False  # the first call happened, or install()/uninstall() 
 _selfguard_importing = False  # whether a first call is importing selfguard right now
 
 
+def _selfguard_say(line: str) -> None:
+    # Never raises: stderr may be closed (sys.stderr is None, `2>&-`) or broken.
+    try:
+        sys.stderr.write(line)
+    except Exception:
+        pass
+
+
 def _selfguard_report(exc: BaseException) -> None:
-    sys.stderr.write(f"selfguard: not active in this process: {type(exc).__name__}: {exc}\n")
+    _selfguard_say(f"selfguard: not active in this process: {type(exc).__name__}: {exc}\n")
 
 
 def _selfguard_is_stand_in(attribute: object) -> bool:
@@ -228,9 +236,7 @@ def _selfguard_boot() -> None:
         # An old interpreter that inherited PYTHONPATH (from `selfguard run`,
         # say): selfguard cannot run here, so nothing of the hook does either.
         python = ".".join(str(part) for part in sys.version_info[:3])
-        sys.stderr.write(
-            f"selfguard: not active in this process: Python {python} is older than 3.9, which selfguard needs\n"
-        )
+        _selfguard_say(f"selfguard: not active in this process: Python {python} is older than 3.9, which selfguard needs\n")
         return
     socket_module = sys.modules.get("socket")
     if socket_module is None and any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
