@@ -13,7 +13,7 @@ from ._state import in_range, state
 # imported it already, and every annotation here is a string (PEP 563) never evaluated.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
 
 # The C-level accessors: socket.socket.family and .type build an enum on every
 # read (~1 us each); these return the plain int. They raise TypeError for
@@ -23,6 +23,7 @@ _type = _socket.socket.type.__get__
 _getsockname = _socket.socket.getsockname
 _getpeername = _socket.socket.getpeername
 INET_FAMILIES = (int(socket.AF_INET), int(socket.AF_INET6))
+_BUILTIN_METHOD = type(len)  # a bound method of a C class, as wrapt hands it over
 
 
 def port_of(address: Any) -> int:
@@ -34,15 +35,31 @@ def port_of(address: Any) -> int:
     """
     if type(address) is not tuple and not isinstance(address, tuple):
         return 0
-    if len(address) < 2:
+    # tuple's own methods: the stdlib reads a tuple subclass's items directly,
+    # so an overriding __len__ or __getitem__ must not run here either.
+    if tuple.__len__(address) < 2:
         return 0
-    port = address[1]
+    port = tuple.__getitem__(address, 1)
     if type(port) is int:
         return port
     try:
         return operator.index(port)
     except Exception:
         return 0
+
+
+def call_as_the_stdlib(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Pass a call the guard has nothing to do with through, with the stdlib's own outcome.
+
+    A keyword call of _socket.socket's C method through its bound method
+    words its TypeError "getsockopt() takes ...", the stdlib "socket.getsockopt()
+    takes ...": such calls go through the class's method, as without the guard.
+    """
+    if kwargs and type(wrapped) is _BUILTIN_METHOD and getattr(wrapped, "__self__", None) is instance:
+        return getattr(_socket.socket, wrapped.__name__)(instance, *args, **kwargs)
+    return wrapped(*args, **kwargs)
 
 
 def kind(sock: Any) -> Any:

@@ -42,7 +42,8 @@ def _attempts(n: int) -> str:
 
 def format_address(address: Any) -> str:
     """host:port, or [host]:port for IPv6."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    # tuple's own methods: a tuple subclass's overrides are not run (the stdlib does not run them either).
+    if isinstance(address, tuple) and tuple.__len__(address) >= 2:
+        host, port = str(tuple.__getitem__(address, 0)), tuple.__getitem__(address, 1)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return repr(address)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 import socket
 
-from ._detect import kind, port_of, self_connected
+from ._detect import call_as_the_stdlib, kind, port_of, self_connected
 from ._errors import SelfConnectError
 from ._policy import Action, on_self_connect, retrying
 from ._state import in_range, state
@@ -38,7 +38,7 @@ def make_send_wrapper(api: str) -> Callable[..., Any]:
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if len(args) != address_at + 1 or kwargs or state.options is None:
-            return wrapped(*args, **kwargs)  # sendto(data, address): no flags, so no Fast Open
+            return call_as_the_stdlib(wrapped, instance, args, kwargs)  # sendto(data, address): no Fast Open
         port = _fast_open_port(instance, args[flags_at], args[address_at])
         if not port:
             return wrapped(*args)

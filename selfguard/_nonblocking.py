@@ -15,7 +15,7 @@ import errno
 import socket
 import sys
 
-from ._detect import self_connected
+from ._detect import call_as_the_stdlib, self_connected
 from ._errors import SelfConnectError
 from ._policy import Action, on_self_connect
 from ._state import state
@@ -52,7 +52,7 @@ def getsockopt_wrapper(
     Every other getsockopt() costs a tuple comparison on top of the wrapt call.
     """
     if args[:2] != _SO_ERROR or len(args) > 3 or kwargs or state.options is None:
-        return wrapped(*args, **kwargs)
+        return call_as_the_stdlib(wrapped, instance, args, kwargs)
     value = wrapped(*args)
     # With a buflen the kernel's int comes back as bytes: all zero means no error.
     if (value if type(value) is int else any(value)) or state.delegated.get():
@@ -60,8 +60,12 @@ def getsockopt_wrapper(
     try:
         if _type(instance) != _SOCK_STREAM:
             return value
-    except TypeError:  # gevent's class: its connects are blocking-style, checked in connect()
-        return value
+    except TypeError:
+        # gevent's class. Its blocking connects read SO_ERROR inside their own
+        # loop, and the connect wrapper checks (and retries) them once they
+        # return; only a socket the user made non-blocking is checked here.
+        if getattr(instance, "type", None) != _SOCK_STREAM or instance.gettimeout() != 0.0:
+            return value
     local = self_connected(instance)
     if local is None:
         return value

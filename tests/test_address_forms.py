@@ -78,3 +78,34 @@ def test_a_port_whose_index_raises_gets_the_stdlibs_error(free_port):
     selfguard.install()
     with socket.socket() as sock, pytest.raises(ZeroDivisionError, match="no port here"):
         sock.connect(("127.0.0.1", Broken()))
+
+
+class Overriding(tuple):
+    """A tuple subclass whose Python-level item access lies: the stdlib reads the real items, and so must the guard."""
+
+    def __len__(self) -> int:
+        raise RuntimeError("__len__ must not be called")
+
+    def __getitem__(self, index):
+        raise KeyError(index)
+
+
+def test_a_tuple_subclass_is_read_as_the_stdlib_reads_it(forced, free_port):
+    """Overridden __len__/__getitem__ don't run: the connect is guarded, as its real items say."""
+    selfguard.install()
+    port = free_port()
+    with pytest.raises(selfguard.SelfConnectError):
+        forced(port).connect(Overriding(("127.0.0.1", port)))
+
+
+def test_a_bind_with_a_tuple_subclass_is_remembered_without_running_its_methods(free_port):
+    """bind() with such a tuple succeeds and is remembered as explicit: a deliberate self-connect is left alone."""
+    selfguard.install()
+    port = free_port()
+    sock = socket.socket()
+    try:
+        sock.bind(Overriding(("127.0.0.1", port)))
+        sock.connect(("127.0.0.1", port))
+        assert selfguard.is_self_connected(sock)
+    finally:
+        close_rst(sock)

@@ -56,3 +56,33 @@ def test_gevent_sockets_are_guarded(order, free_port):
     assert {"self_connects": 3, "gave_up": 1, "retries": 2} == {
         k: report["stats"][k] for k in ("self_connects", "gave_up", "retries")
     }
+
+
+NON_BLOCKING = r"""
+import json, select, socket, sys
+import selfguard
+from selfguard.testing import force_self_connect
+
+port = int(sys.argv[1])
+sock = socket.socket()
+force_self_connect(sock, port)
+sock.setblocking(False)
+sock.connect_ex(("127.0.0.1", port))
+select.select([], [sock], [], 5)
+err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+report = {"class": socket.socket.__module__, "so_error": err, "self_connected": selfguard.is_self_connected(sock)}
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("order", sorted(ORDERS))
+def test_a_non_blocking_gevent_socket_gets_the_truth_from_so_error(order, free_port):
+    """A gevent socket the user made non-blocking: SO_ERROR reads ECONNREFUSED, the socket is reset."""
+    pytest.importorskip("gevent")
+    require_forcing()
+    code = ORDERS[order] + NON_BLOCKING
+    done = subprocess.run([sys.executable, "-c", code, str(free_port())], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["class"].startswith("gevent")
+    assert (111, False) == (report["so_error"], report["self_connected"])

@@ -49,3 +49,24 @@ def test_calling_a_socket_method_on_an_object_that_is_no_socket_raises_the_stdli
     selfguard.install()
     assert unguarded == outcome(call)
     assert TypeError is unguarded[0]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.getsockopt(1, optname=4),
+        lambda s: s.sendmsg([b"x"], flags=0),
+        lambda s: s.sendto(b"x", flags=0),
+        lambda s: s.connect(address=("127.0.0.1", 1)),
+        lambda s: s.bind(address=("127.0.0.1", 0)),
+    ],
+    ids=["getsockopt", "sendmsg", "sendto", "connect", "bind"],
+)
+def test_keyword_calls_get_the_stdlibs_error_message(call):
+    """`s.getsockopt(1, optname=4)`: the same TypeError text ("socket.getsockopt() takes ...") with the guard."""
+    with socket.socket() as sock:
+        unguarded = outcome(lambda: call(sock))
+    selfguard.install()
+    with socket.socket() as sock:
+        assert unguarded == outcome(lambda: call(sock))
+    assert TypeError is unguarded[0]

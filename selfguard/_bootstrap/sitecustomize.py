@@ -236,7 +236,9 @@ def _selfguard_boot() -> None:
         # An old interpreter that inherited PYTHONPATH (from `selfguard run`,
         # say): selfguard cannot run here, so nothing of the hook does either.
         python = ".".join(str(part) for part in sys.version_info[:3])
-        _selfguard_say(f"selfguard: not active in this process: Python {python} is older than 3.9, which selfguard needs\n")
+        _selfguard_say(
+            f"selfguard: not active in this process: Python {python} is older than 3.9, which selfguard needs\n"
+        )
         return
     socket_module = sys.modules.get("socket")
     if socket_module is None and any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
