@@ -44,11 +44,12 @@ class _Gate:
 
     def connection_made(self, transport: Any) -> None:
         # The transport's sockname costs a quarter of its socket's
-        # getsockname() under uvloop; the socket is only needed when the
-        # ports match, to ask for the peer.
+        # getsockname() under uvloop; the socket is only needed to ask for
+        # the peer: when the ports match, or the dialled port is not known.
         local = transport.get_extra_info("sockname")
-        sock = transport.get_extra_info("socket") if local is None or local[1] == self.port else None
-        local = self_connected(sock, self.port, local) if sock is not None or local is not None else None
+        maybe_self = local is None or not self.port or local[1] == self.port
+        sock = transport.get_extra_info("socket") if maybe_self else None
+        local = self_connected(sock, self.port, local)
         if local is not None:
             self.action = on_self_connect(sock, local, self.address, API, self.attempt, can_retry=True)
             if self.action is not Action.HAND_BACK:
@@ -85,29 +86,38 @@ def create_connection(wrapped: Callable[..., Any], instance: Any, args: tuple[An
     a coroutine itself: a passthrough returns uvloop's own coroutine, with no
     layer of ours around it.
     """
-    if state.options is None or not 1 <= len(args) <= 3:
+    if state.options is None or len(args) > 3:
         return wrapped(*args, **kwargs)
-    factory, host, port = (*args, None, None)[:3]
+    factory, host, port = (*args, None, None, None)[:3]
     if kwargs:
+        factory = kwargs.get("protocol_factory", factory)
         host = kwargs.get("host", host)
         port = kwargs.get("port", port)
-    if isinstance(port, str) and port.isdigit():
-        port = int(port)  # getaddrinfo takes a port as text too
-    number = port_of((host, port))
-    if host is None or not number or not in_range(number):
-        return wrapped(*args, **kwargs)
-    if kwargs:
         local_addr = kwargs.get("local_addr")
         if kwargs.get("sock") is not None or (local_addr is not None and port_of(local_addr)):
             return wrapped(*args, **kwargs)
+    if factory is None or host is None or port is None:
+        return wrapped(*args, **kwargs)
+    number = _port_number(port)
+    if number and not in_range(number):
+        return wrapped(*args, **kwargs)
+    # number 0: a form getaddrinfo reads but the guard does not (" 40000",
+    # 40000.0); the gate then judges by the ports the connection has.
+    tls, rest = {}, {}
+    if kwargs:
         tls = {name: kwargs[name] for name in _TLS_OPTIONS if name in kwargs}
-        rest = {name: value for name, value in kwargs.items() if name not in ("host", "port", *_TLS_OPTIONS)}
+        rest = {k: v for k, v in kwargs.items() if k not in ("protocol_factory", "host", "port", *_TLS_OPTIONS)}
         if not tls.get("ssl"):
             rest.update(tls)  # ssl=None/False with its options: the real method judges them
             tls = {}
-    else:
-        tls = rest = {}
     return _through_gates(wrapped, instance, factory, host, port, number, rest, tls)
+
+
+def _port_number(port: Any) -> int:
+    """The port as a number when it is written as one (int, __index__, decimal text or bytes), else 0."""
+    if isinstance(port, (str, bytes)):
+        return int(port) if port.isdigit() else 0
+    return port_of((None, port))
 
 
 async def _through_gates(

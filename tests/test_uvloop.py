@@ -278,3 +278,34 @@ def test_tls_connections_on_uvloop_are_checked_before_the_handshake():
     assert report["could_bind"], report
     assert ("TLS HELLO", True) == (report["data"], report["tls"]), report
     assert report["stats"]["self_connects"] >= 1, report
+
+
+CALL_FORMS = r"""
+selfguard.install()
+FORMS = {
+    "keywords": lambda loop: loop.create_connection(protocol_factory=Recording, host="127.0.0.1", port=PORT),
+    "port as bytes": lambda loop: loop.create_connection(Recording, "127.0.0.1", str(PORT).encode()),
+    "port as spaced text": lambda loop: loop.create_connection(Recording, "127.0.0.1", f" {PORT}"),
+    "port as float": lambda loop: loop.create_connection(Recording, "127.0.0.1", float(PORT)),
+}
+async def main():
+    loop, outcomes = asyncio.get_running_loop(), {}
+    for name, call in FORMS.items():
+        try:
+            transport, _ = await call(loop)
+            outcomes[name] = "self-connected" if selfguard.is_self_connected(transport) else "connected"
+            transport.close()
+        except OSError as exc:
+            outcomes[name] = type(exc).__name__
+    return {"outcomes": outcomes, "protocol_saw_self_connected": sum(1 for m in Recording.made if m is True),
+            "server_can_bind": can_bind(PORT)}
+print(json.dumps(uvloop.run(main())))
+"""
+
+
+def test_every_create_connection_call_form_uvloop_takes_is_guarded():
+    """Keyword arguments, and ports as bytes, spaced text or float (uvloop takes them all): each is guarded."""
+    report = run_in_namespace(CALL_FORMS.replace("PORT + 1", "PORT"))
+    assert {"SelfConnectError", "ConnectionRefusedError"} >= set(report["outcomes"].values()), report
+    assert 0 == report["protocol_saw_self_connected"], report
+    assert report["server_can_bind"], report
