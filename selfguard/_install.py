@@ -64,19 +64,36 @@ def activate(options: _config.Options) -> None:
             if not _is_stand_in(vars(cls).get(name)):
                 wrap(cls, name, wrapper)
         _state.set_options(options)
-        _replace_stand_ins(cls)  # after the options, so the stand-ins' waiting callers go through the guard
-        _loops.watch()  # after the options: its patch reads them
+        # After the options, so the stand-ins' waiting callers go through the guard.
+        for name, wrapper in _WRAPPERS.items():
+            wrap(cls, name, wrapper)
+        _loops.watch()  # uvloop's stand-ins too, if it is imported
+        _forget_stand_ins()  # the sitecustomize is done; stand-ins left on other classes go
 
 
 def wrap(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
-    """Put *wrapper* around cls.name, unless ours is still there; uninstall() takes it off."""
+    """Put *wrapper* around cls.name, unless ours is still there; uninstall() takes it off.
+
+    A stand-in of selfguard's sitecustomize is replaced by the guard's
+    wrapper in one store. A connect in another thread meets either the
+    stand-in -- which waits for `lock`, then goes through the guard -- or the
+    wrapper; the attribute is never absent, so never the bare method.
+    """
     with lock:
         key = (cls, name)
         if key in _patched and not _reachable(key):
             del _patched[key]  # someone removed the chain ours was in
-        if key not in _patched:
-            before = vars(cls).get(name, _ABSENT)
-            _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), before)
+        if key in _patched:
+            return
+        current = vars(cls).get(name, _ABSENT)
+        if _is_stand_in(current):
+            # The method the stand-in hides: the one the class inherits.
+            hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
+            ours = wrapt.FunctionWrapper(hidden, wrapper)
+            setattr(cls, name, ours)
+            _patched[key] = (ours, _ABSENT)  # uninstall() deletes it: the inherited method again
+        else:
+            _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), current)
 
 
 def uninstall() -> None:
@@ -121,24 +138,6 @@ def _is_stand_in(attribute: Any) -> bool:
     return type(attribute) is types.FunctionType and getattr(attribute, "_selfguard_deferred", False) is True
 
 
-def _replace_stand_ins(cls: type) -> None:
-    """Put the guard's wrapper where each stand-in of selfguard's sitecustomize sits, in one store.
-
-    Called with the options already in force. A connect in another thread
-    meets either a stand-in -- which waits for `lock`, then goes through the
-    guard -- or the wrapper; the attribute is never absent, so never the bare
-    method. (Taking the stand-ins off first, then patching, left that gap.)
-    """
-    for name, wrapper in _WRAPPERS.items():
-        if _is_stand_in(vars(cls).get(name)):
-            # The method the stand-in hides: the one the class inherits.
-            hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
-            ours = wrapt.FunctionWrapper(hidden, wrapper)
-            setattr(cls, name, ours)
-            _patched[(cls, name)] = (ours, _ABSENT)  # uninstall() deletes it: the inherited method again
-    _forget_stand_ins()  # the sitecustomize is done; stand-ins left on other classes go
-
-
 def _forget_stand_ins() -> None:
     # selfguard's sitecustomize may have put stand-ins on socket classes that
     # wait for the first connect to install the guard: install() replaces
@@ -156,7 +155,8 @@ def guard_for(original: Any, name: str) -> Any:
     key = (original, name)
     guard = _guards_for.get(key)
     if guard is None:
-        guard = _guards_for[key] = wrapt.FunctionWrapper(original, _WRAPPERS[name])
+        wrapper = _WRAPPERS[name] if name in _WRAPPERS else _loops.wrapper_for(name)
+        guard = _guards_for[key] = wrapt.FunctionWrapper(original, wrapper)
     return guard
 
 

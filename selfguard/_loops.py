@@ -56,10 +56,11 @@ def _patch(module: Any) -> None:
         if state.options is None or cls is None:
             return
         for method in methods:
-            _install.wrap(cls, method, _wrapper(method))
+            _install.wrap(cls, method, wrapper_for(method))
 
 
-def _wrapper(method: str) -> Callable[..., Any]:
+def wrapper_for(method: str) -> Callable[..., Any]:
+    """The guard's wrapper for an event loop's *method* (sock_connect, create_connection)."""
     if method == "create_connection":
         from ._uvloop import create_connection
 

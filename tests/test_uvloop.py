@@ -48,12 +48,16 @@ class Recording(asyncio.Protocol):
 """
 
 
-def run_in_namespace(body: str, *args: str) -> dict:
+def run_in_namespace(body: str, *args: str, under_run: bool = False) -> dict:
     require(sys.platform.startswith("linux"), "needs Linux network namespaces")
     require(os.geteuid() == 0, "needs root for a network namespace (CI runs as root)")
     require(shutil.which("unshare") is not None and shutil.which("ip") is not None, "needs unshare and ip")
+    run = [sys.executable, "-m", "selfguard", "run", "--"] if under_run else []
     done = subprocess.run(
-        ["unshare", "-n", sys.executable, "-c", PRELUDE + body, *args], capture_output=True, text=True, timeout=120
+        ["unshare", "-n", *run, sys.executable, "-c", PRELUDE + body, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert 0 == done.returncode, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
@@ -309,3 +313,46 @@ def test_every_create_connection_call_form_uvloop_takes_is_guarded():
     assert {"SelfConnectError", "ConnectionRefusedError"} >= set(report["outcomes"].values()), report
     assert 0 == report["protocol_saw_self_connected"], report
     assert report["server_can_bind"], report
+
+
+UNDER_RUN = r"""
+async def main():
+    before = selfguard.status()
+    outcomes = []
+    for _ in range(20):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+            outcomes.append("self-connected" if selfguard.is_self_connected(writer) else "connected")
+            writer.close()
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+    return {"before": before, "outcomes": sorted(set(outcomes)), "stats": selfguard.stats(), "can_bind": can_bind(PORT)}
+
+print(json.dumps(uvloop.run(main())))
+"""
+
+FAST_OPEN_FIRST = r"""
+sock = socket.socket()
+try:
+    sock.sendto(b"PING", socket.MSG_FASTOPEN, ("127.0.0.1", PORT))
+    outcome = "self-connected" if selfguard.is_self_connected(sock) else "sent"
+except OSError as exc:
+    outcome = type(exc).__name__
+print(json.dumps({"outcome": outcome, "stats": selfguard.stats(), "can_bind": can_bind(PORT)}))
+"""
+
+
+def test_under_selfguard_run_the_first_connect_can_be_a_uvloop_one():
+    """selfguard run: uvloop dials in C, so its own methods wait for the first connect too, and are guarded."""
+    report = run_in_namespace(UNDER_RUN, under_run=True)
+    assert "armed" == report["before"], report
+    assert {"SelfConnectError", "ConnectionRefusedError"} >= set(report["outcomes"]), report
+    assert report["stats"]["self_connects"] >= 1, report
+    assert report["can_bind"], report
+
+
+def test_under_selfguard_run_the_first_connect_can_be_a_fast_open_send():
+    """selfguard run: sendto(..., MSG_FASTOPEN, ...) as the process's first connect is guarded."""
+    report = run_in_namespace(FAST_OPEN_FIRST, under_run=True)
+    assert "SelfConnectError" == report["outcome"], report
+    assert report["can_bind"], report

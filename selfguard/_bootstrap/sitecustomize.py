@@ -30,7 +30,13 @@ TYPE_CHECKING = False  # not `from typing import ...`: typing is not imported at
 if TYPE_CHECKING:
     from typing import Any
 
-_SELFGUARD_DEFERRED = ("connect", "connect_ex", "bind")
+# module -> (class, the methods that connect or bind). uvloop dials in C, so
+# its loop's own methods wait too; they are inherited from its compiled base,
+# as socket.socket's are from _socket.socket.
+_SELFGUARD_DEFERRED = {
+    "socket": ("socket", ("connect", "connect_ex", "bind", "sendto", "sendmsg")),
+    "uvloop": ("Loop", ("create_connection", "sock_connect")),
+}
 _selfguard_lock = _thread.RLock()  # guards the list below; always taken last (after selfguard's own lock)
 _selfguard_stand_ins: "list[tuple[type, str]]" = []  # where stand-ins sit
 _selfguard_settled = False  # the first call happened, or install()/uninstall() took over
@@ -126,12 +132,12 @@ def _selfguard_stand_in(cls: type, name: str) -> object:
     return stand_in
 
 
-def selfguard_defer(cls: type) -> None:
-    """Put the stand-ins on *cls* (socket.socket; gevent's class too, after its monkey-patching)."""
+def selfguard_defer(cls: type, names: "tuple[str, ...]" = _SELFGUARD_DEFERRED["socket"][1]) -> None:
+    """Put the stand-ins on *cls* (socket.socket; gevent's class too, after its monkey-patching; uvloop.Loop)."""
     with _selfguard_lock:
         if _selfguard_settled:
             return
-        for name in _SELFGUARD_DEFERRED:
+        for name in names:
             if name in vars(cls):  # someone patched it already: leave theirs alone
                 continue
             setattr(cls, name, _selfguard_stand_in(cls, name))
@@ -150,8 +156,14 @@ def _selfguard_after_fork_in_child() -> None:
         selfguard_forget()
 
 
+def _selfguard_defer_in(module: object) -> None:
+    """Put the stand-ins on the class of *module* (socket, uvloop) that connects."""
+    class_name, names = _SELFGUARD_DEFERRED[module.__name__]  # type: ignore[attr-defined]
+    selfguard_defer(getattr(module, class_name), names)
+
+
 class _SelfguardAfterSocket:
-    """A meta path finder that, on the first import of socket, puts the stand-ins on socket.socket."""
+    """A meta path finder that, on the first import of socket (and uvloop), puts the stand-ins on its class."""
 
     def __init__(self) -> None:
         # Threads inside find_spec right now. A finder that asks the rest of
@@ -161,7 +173,7 @@ class _SelfguardAfterSocket:
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> object:
         thread = _thread.get_ident()
-        if name != "socket" or thread in self._busy:
+        if name not in _SELFGUARD_DEFERRED or name in sys.modules or thread in self._busy or _selfguard_settled:
             return None
         self._busy.add(thread)
         try:
@@ -180,7 +192,7 @@ class _SelfguardAfterSocket:
 
 
 class _SelfguardThenDefer:
-    """Loads socket with the real loader, then puts the stand-ins on its socket class."""
+    """Loads socket (or uvloop) with the real loader, then puts the stand-ins on its class."""
 
     def __init__(self, loader: object, finder: object) -> None:
         self._loader = loader
@@ -191,12 +203,12 @@ class _SelfguardThenDefer:
 
     def exec_module(self, module: object) -> None:
         self._loader.exec_module(module)  # type: ignore[attr-defined]
-        # Only now, socket really imported, is the finder done (a mere
-        # importlib.util.find_spec("socket") probe must not retire it).
-        if self._finder in sys.meta_path:
+        # Only now, the module really imported, is the finder done with it (a
+        # mere importlib.util.find_spec() probe must not retire it).
+        if all(name in sys.modules for name in _SELFGUARD_DEFERRED) and self._finder in sys.meta_path:
             sys.meta_path.remove(self._finder)
         try:
-            selfguard_defer(module.socket)  # type: ignore[attr-defined]
+            _selfguard_defer_in(module)
         except Exception as exc:
             _selfguard_report(exc)
 
@@ -240,13 +252,17 @@ def _selfguard_boot() -> None:
             f"selfguard: not active in this process: Python {python} is older than 3.9, which selfguard needs\n"
         )
         return
-    socket_module = sys.modules.get("socket")
-    if socket_module is None and any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
+    if any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
         return  # a copy of this file earlier on sys.path is waiting for socket: one guard is enough
     os.register_at_fork(after_in_child=_selfguard_after_fork_in_child)
-    if socket_module is not None:
-        selfguard_defer(socket_module.socket)  # leaves another copy's stand-ins alone
-    else:
+    waiting = False
+    for name in _SELFGUARD_DEFERRED:
+        module = sys.modules.get(name)
+        if module is not None:
+            _selfguard_defer_in(module)  # leaves another copy's stand-ins alone
+        else:
+            waiting = True
+    if waiting:
         sys.meta_path.insert(0, _SelfguardAfterSocket())  # type: ignore[arg-type]  # a duck-typed finder
 
 
