@@ -55,7 +55,8 @@ def _verdict(entry: Port, low: int, high: int) -> None:
     else:
         entry.risk = "low"
         entry.reason = (
-            f"{parity(entry.port)}, unlike {low}: connect() picks these only when every {parity(low)} port is taken"
+            f"{parity(entry.port)}, unlike {low}: a plain connect() picks these only when every {parity(low)} port "
+            "is taken, but a client that binds port 0 before connecting prefers them"
         )
 
 
@@ -166,9 +167,11 @@ print the sysctl setting that reserves them, with recipes for containers.
 
 A port of the same parity as the range's low end is at high risk: connect()
 tries those source ports first (measured with 32768-60999: about 7 self-connects
-per 100,000 dials to such a closed port). The other parity is at low risk:
-connect() picks those only when every port of the first parity is taken (0 in
-300,000 dials measured).
+per 100,000 dials to such a closed port). The other parity is at low risk from
+plain connect() clients, which pick those only when every port of the first
+parity is taken (0 in 300,000 dials measured); but a client that binds to port 0
+before connecting (source_address=(host, 0), local_addr=) prefers that parity
+and meets it about as often. Reserve both.
 
 --apply adds the ports at risk to {SYSCTL} in this
 network namespace (root only), merged with the ports reserved already: it never

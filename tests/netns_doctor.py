@@ -42,8 +42,11 @@ def doctor(*args, as_nobody=False):
 LINGER_RST = struct.pack("ii", 1, 0)
 
 
-def self_connects(port, dials, seconds=20.0):
-    """An unguarded reconnect loop to 127.0.0.1:PORT: how many of its dials connected to themselves."""
+def self_connects(port, dials, seconds=20.0, bind_first=False):
+    """An unguarded reconnect loop to 127.0.0.1:PORT: how many of its dials connected to themselves.
+
+    bind_first: each socket binds to port 0 before connecting (source_address=(host, 0)).
+    """
     met = 0
     deadline = time.monotonic() + seconds
     for _ in range(dials):
@@ -52,6 +55,8 @@ def self_connects(port, dials, seconds=20.0):
         sock = socket.socket()
         sock.settimeout(2)
         try:
+            if bind_first:
+                sock.bind(("127.0.0.1", 0))
             sock.connect(("127.0.0.1", port))
             met += sock.getsockname() == sock.getpeername()
         except OSError:

@@ -98,7 +98,8 @@ def test_the_risk_is_explained_once_and_each_port_ranked_by_parity():
         )
     other_parity = "even" if low % 2 else "odd"
     assert ranked[2][1].endswith(
-        f": low: {other_parity}, unlike {low}: connect() picks these only when every {parity} port is taken"
+        f": low: {other_parity}, unlike {low}: a plain connect() picks these only when every {parity} port is taken,"
+        " but a client that binds port 0 before connecting prefers them"
     )
     # The consequence is told once, not on every line.
     assert 1 == done.stdout.count("TIME_WAIT")
@@ -193,6 +194,7 @@ result = {
     "status": done["status"],
     "risk": {str(p["port"]): p["risk"] for p in report["ports"]},
     "self_connects": {str(port): self_connects(port, params["dials"]) for port in (low, low + 1)},
+    "after_bind_0": {str(port): self_connects(port, params["dials"], bind_first=True) for port in (low, low + 1)},
 }
 """
 
@@ -211,6 +213,8 @@ def test_the_ranking_matches_the_self_connects_measured(low):
     # Two ports of the first parity: about half the dials to `low` pick it (measured here: 87-103 of 200).
     assert met[str(low)] >= dials // 10, met
     assert 0 == met[str(low + 1)], met
+    # What "low" says: a client that binds port 0 first gets the other parity from bind(), and meets it.
+    assert found["after_bind_0"][str(low + 1)] >= dials // 10, found["after_bind_0"]
 
 
 def test_the_container_recipes_are_well_formed(free_port):
