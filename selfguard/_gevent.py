@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 from typing import Any
 
 from . import _install
@@ -27,6 +26,6 @@ def did_patch_module(event: Any) -> None:
             return
     # Not installed yet, but selfguard's sitecustomize may be waiting for the
     # first connect: let gevent's class wait with it.
-    defer = getattr(sys.modules.get("sitecustomize"), "selfguard_defer", None)
+    defer = getattr(_install.bootstrap(), "selfguard_defer", None)
     if defer is not None:
         defer(socket.socket)

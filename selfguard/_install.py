@@ -138,11 +138,16 @@ def _is_stand_in(attribute: Any) -> bool:
     return type(attribute) is types.FunctionType and getattr(attribute, "_selfguard_deferred", False) is True
 
 
+def bootstrap() -> Any:
+    """selfguard's sitecustomize module in this process, if it runs here (an older copy registers as sitecustomize)."""
+    return sys.modules.get("_selfguard_sitecustomize") or sys.modules.get("sitecustomize")
+
+
 def _forget_stand_ins() -> None:
     # selfguard's sitecustomize may have put stand-ins on socket classes that
     # wait for the first connect to install the guard: install() replaces
     # them on socket.socket, and uninstall() takes them off, for good.
-    forget = getattr(sys.modules.get("sitecustomize"), "selfguard_forget", None)
+    forget = getattr(bootstrap(), "selfguard_forget", None)
     if forget is not None:
         forget()
 

@@ -102,14 +102,21 @@ def _selfguard_guard_is_on() -> bool:
             return False
         finally:
             _selfguard_importing = False
-    with installer.lock:  # the order of the two locks is always: selfguard's, then ours
-        if not _selfguard_settled:
-            try:
-                installer.install()  # puts the guard's wrappers where the stand-ins are, then forgets them
-            except Exception as exc:
+    try:
+        with installer.lock:  # the order of the two locks is always: selfguard's, then ours
+            if not _selfguard_settled:
+                try:
+                    installer.install()  # puts the guard's wrappers where the stand-ins are, then forgets them
+                except Exception as exc:
+                    _selfguard_report(exc)
+                selfguard_forget()  # whatever happened, the stand-ins are done
+            return installer.is_installed() is True
+    except Exception as exc:  # a selfguard of another version than this file: the connect goes on without it
+        with _selfguard_lock:
+            if not _selfguard_settled:
                 _selfguard_report(exc)
-            selfguard_forget()  # whatever happened, the stand-ins are done
-        return installer.status() == "active"  # type: ignore[no-any-return]
+                selfguard_forget()
+        return False
 
 
 def _selfguard_stand_in(cls: type, name: str) -> object:
@@ -122,9 +129,12 @@ def _selfguard_stand_in(cls: type, name: str) -> object:
     def stand_in(self: object, *args: object, **kwargs: object) -> object:
         method = hidden
         if _selfguard_guard_is_on():
-            from selfguard import _install
+            try:
+                from selfguard import _install
 
-            method = _install.guard_for(hidden, name)
+                method = _install.guard_for(hidden, name)
+            except Exception:  # a selfguard of another version than this file: the call goes on without it
+                pass
         return method.__get__(self, type(self))(*args, **kwargs)
 
     stand_in._selfguard_deferred = True  # type: ignore[attr-defined]
@@ -219,26 +229,35 @@ class _SelfguardThenDefer:
 def _selfguard_next_sitecustomize() -> None:
     """Run the sitecustomize that this file hides, if there is one further along sys.path.
 
-    A file already run in this process (this one reached again through a
-    symlink, or a copy of it seen before) is passed over; a copy of this file
-    further along runs, finds the hook or the stand-ins of the first in place,
-    and only hands on to the next.
+    Found as the import system would find it -- a module, a package, bytecode
+    only, inside a zip -- and it becomes sys.modules["sitecustomize"], so that
+    `import sitecustomize` gives the program its own. A file already run in
+    this process (this one reached again through a symlink, or a copy of it
+    seen before) is passed over; a copy of this file further along runs,
+    finds the hook or the stand-ins of the first in place, and only hands on
+    to the next.
     """
+    import importlib.machinery
+
     here = os.path.dirname(os.path.abspath(__file__))
     later = False
-    for entry in sys.path:
+    for entry in list(sys.path):
         directory = os.path.abspath(entry or os.curdir)
         if not later:
             later = directory == here
             continue
-        candidate = os.path.join(directory, "sitecustomize.py")
-        if os.path.isfile(candidate) and os.path.realpath(candidate) not in _selfguard_ran:
-            with open(candidate, "rb") as f:
-                code = compile(f.read(), candidate, "exec")
-            namespace = {"__name__": "sitecustomize", "__file__": candidate, "__builtins__": __builtins__}
-            namespace["_selfguard_ran"] = _selfguard_ran  # read by a copy of this file, ignored by any other
-            exec(code, namespace)
-            return
+        spec = importlib.machinery.PathFinder.find_spec("sitecustomize", [entry])
+        if spec is None or spec.loader is None:
+            continue
+        origin = os.path.realpath(spec.origin or directory)
+        if origin in _selfguard_ran:
+            continue
+        # importlib.util.module_from_spec, without importing importlib.util (~4 ms at start-up).
+        module = importlib._bootstrap.module_from_spec(spec)
+        vars(module)["_selfguard_ran"] = _selfguard_ran  # read by a copy of this file, ignored by any other
+        sys.modules["sitecustomize"] = module
+        spec.loader.exec_module(module)
+        return
 
 
 def _selfguard_boot() -> None:
@@ -255,6 +274,9 @@ def _selfguard_boot() -> None:
     if any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
         return  # a copy of this file earlier on sys.path is waiting for socket: one guard is enough
     os.register_at_fork(after_in_child=_selfguard_after_fork_in_child)
+    # Where selfguard finds selfguard_forget and selfguard_defer: the user's
+    # own sitecustomize, run after this one, becomes sys.modules["sitecustomize"].
+    sys.modules["_selfguard_sitecustomize"] = sys.modules[__name__]
     waiting = False
     for name in _SELFGUARD_DEFERRED:
         module = sys.modules.get(name)
