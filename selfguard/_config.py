@@ -58,8 +58,21 @@ def _shorten(raw: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_SPACE = " \t\n\r\f\v\x1c\x1d\x1e\x1f"  # the ASCII characters str.isspace() takes
+
+
+def _ascii(raw: str, strict: bool = True) -> str:
+    """*raw* without ASCII spaces around it. The native guard reads the same
+    variables in C, byte by byte: Unicode spaces and digits (which str.strip()
+    and int() would take) are invalid for both, so both read one value alike."""
+    text = raw.strip(_SPACE)
+    if strict and not text.isascii():
+        raise ValueError("expected plain ASCII")
+    return text
+
+
 def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
+    value = _ascii(raw).lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
@@ -69,14 +82,14 @@ def _parse_bool(raw: str) -> bool:
 
 def _parse_retries(raw: str) -> int:
     try:
-        value = int(raw.strip())
+        value = int(_ascii(raw))
     except ValueError:
         raise ValueError(f"expected a whole number from 0 to {MAX_RETRIES}") from None
     return _check_retries(value)
 
 
 def _parse_mode(raw: str) -> str:
-    return _check_mode(raw.strip().lower())
+    return _check_mode(_ascii(raw).lower())
 
 
 def _check_retries(value: Any) -> int:
@@ -127,7 +140,7 @@ def resolve(arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] =
             continue
         variable = env_name(name)
         raw = environ.get(variable)
-        if raw is None or not raw.strip():
+        if raw is None or not _ascii(raw, strict=False):
             continue  # unset, or set to nothing: the default, as for SELFGUARD
         try:
             values[name] = parse(raw)
@@ -140,7 +153,7 @@ def enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     """Read the SELFGUARD kill switch: unset or empty means enabled."""
     environ = os.environ if environ is None else environ
     raw = environ.get("SELFGUARD")
-    if raw is None or not raw.strip():
+    if raw is None or not _ascii(raw, strict=False):
         return True
     try:
         return _parse_bool(raw)

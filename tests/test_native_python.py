@@ -26,6 +26,7 @@ from native_helpers import require_library
 VALUES = {
     "SELFGUARD": [
         *("", " ", "1", "0", "true", "TRUE", " On ", "off", "no", "yes", "Yes\t", "2", "maybe", "o n", "\x1c1\x1f"),
+        *("0\u00a0", "\u2003off", "no\x85", "\u00a0"),  # Unicode spaces: invalid to both guards alike
     ],
     "SELFGUARD_MODE": [
         *("enforce", " Relent ", "OBSERVE", "strict", "", "enforce\n", "enforcee", "é" * 10, "\tobserve\x0b"),
@@ -33,6 +34,7 @@ VALUES = {
     "SELFGUARD_RETRIES": [
         *("0", "2", "100", "101", "-1", "-0", "+5", " 7 ", "1_0", "1__0", "_1", "1_", "007", "0x10", "1.0"),
         *("abc", "", "99999999999999999999", "0" * 40 + "42", "+", "-", "5 5"),
+        *("\uff12", "\u0663", "\u0967"),  # Unicode digits: invalid to both guards alike
     ],
     "SELFGUARD_RETRY_ADDRNOTAVAIL": ["off", "FALSE", "x", "on", ""],
 }
@@ -40,7 +42,7 @@ VALUES = {
 
 def python_verdict(variable: str, raw: str) -> list[int]:
     """What selfguard/_config.py makes of *raw*: [1, value] valid, [0, 0] invalid, [-1, 0] blank (the default)."""
-    if not raw.strip():
+    if not _config._ascii(raw, strict=False):
         return [-1, 0]
     parse = _config._parse_bool if variable == "SELFGUARD" else _config._RULES[variable[len("SELFGUARD_") :].lower()][0]
     try:

@@ -261,7 +261,8 @@ def _selfguard_next_sitecustomize() -> None:
 
 
 def _selfguard_boot() -> None:
-    if os.environ.get("SELFGUARD", "").strip().lower() in ("0", "false", "off", "no"):
+    # ASCII spaces only, as selfguard and its native guard read the variable.
+    if os.environ.get("SELFGUARD", "").strip(" \t\n\r\f\v\x1c\x1d\x1e\x1f").lower() in ("0", "false", "off", "no"):
         return  # the off switch: not even the import hook
     if sys.version_info < (3, 9):  # noqa: UP036  # this file runs where selfguard itself cannot
         # An old interpreter that inherited PYTHONPATH (from `selfguard run`,
