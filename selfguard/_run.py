@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # turn, runs any sitecustomize it hides).
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
 
-USAGE = "selfguard run [-h] [--] CMD [ARGS...]"
+USAGE = "selfguard run [-h] [--native] [--] CMD [ARGS...]"
 WRITE_IT = "selfguard run -- CMD [ARGS...]"
 
 DESCRIPTION = f"""\
