@@ -42,16 +42,21 @@ INSTALL = "import selfguard; selfguard.install()\n"
 ORDERS = {"install after patch_all": PATCH_ALL + INSTALL, "install before patch_all": INSTALL + PATCH_ALL}
 
 
+def run_in_gevent(code: str, port: int) -> dict:
+    """Run *code* in its own interpreter (monkey-patching cannot be undone); its last line is a JSON report."""
+    done = subprocess.run([sys.executable, "-c", code, str(port)], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["class"].startswith("gevent")
+    return report
+
+
 @pytest.mark.parametrize("order", sorted(ORDERS))
 def test_gevent_sockets_are_guarded(order, free_port):
     """A gevent socket's reconnects meet forced self-connects and only ever see refusals."""
     pytest.importorskip("gevent")
     require_forcing()
-    code = ORDERS[order] + SCENARIO
-    done = subprocess.run([sys.executable, "-c", code, str(free_port())], capture_output=True, text=True, timeout=60)
-    assert 0 == done.returncode, done.stderr
-    report = json.loads(done.stdout.splitlines()[-1])
-    assert report["class"].startswith("gevent")
+    report = run_in_gevent(ORDERS[order] + SCENARIO, free_port())
     assert ["SelfConnectError", "ConnectionRefusedError"] == report["outcomes"]
     assert {"self_connects": 3, "gave_up": 1, "retries": 2} == {
         k: report["stats"][k] for k in ("self_connects", "gave_up", "retries")
@@ -80,9 +85,5 @@ def test_a_non_blocking_gevent_socket_gets_the_truth_from_so_error(order, free_p
     """A gevent socket the user made non-blocking: SO_ERROR reads ECONNREFUSED, the socket is reset."""
     pytest.importorskip("gevent")
     require_forcing()
-    code = ORDERS[order] + NON_BLOCKING
-    done = subprocess.run([sys.executable, "-c", code, str(free_port())], capture_output=True, text=True, timeout=60)
-    assert 0 == done.returncode, done.stderr
-    report = json.loads(done.stdout.splitlines()[-1])
-    assert report["class"].startswith("gevent")
+    report = run_in_gevent(ORDERS[order] + NON_BLOCKING, free_port())
     assert (111, False) == (report["so_error"], report["self_connected"])

@@ -152,17 +152,22 @@ def test_the_summary_counts_the_self_connects_caught(pytester, free_port):
     result.stdout.fnmatch_lines(["selfguard: 3 self-connect(s) caught, 2 retried, 1 given up*"])
 
 
-def test_selfguard_off_in_the_environment_is_reported(pytester):
-    """With SELFGUARD=0, --selfguard installs nothing and the header says why."""
-    pytester.makepyfile(ASSERT_NOT_INSTALLED)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--selfguard", "-p", "no:cacheprovider"],
+def pytest_with_selfguard_off(pytester, *options: str) -> subprocess.CompletedProcess[str]:
+    """pytest --selfguard in pytester's directory, in a real interpreter whose environment says SELFGUARD=0."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "--selfguard", "-p", "no:cacheprovider", *options],
         cwd=pytester.path,
         env={**os.environ, "SELFGUARD": "0"},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_selfguard_off_in_the_environment_is_reported(pytester):
+    """With SELFGUARD=0, --selfguard installs nothing and the header says why."""
+    pytester.makepyfile(ASSERT_NOT_INSTALLED)
+    done = pytest_with_selfguard_off(pytester)
     assert 0 == done.returncode, done.stdout
     assert "selfguard: requested, but not installed (SELFGUARD is off in the environment)" in done.stdout
 
@@ -196,14 +201,7 @@ def test_with_selfguard_off_the_events_fixture_skips_with_the_reason(pytester):
             assert "gave_up" == selfguard_events[-1].kind
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "--selfguard", "-p", "no:cacheprovider", "-rs"],
-        cwd=pytester.path,
-        env={**os.environ, "SELFGUARD": "0"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = pytest_with_selfguard_off(pytester, "-rs")
     assert 0 == done.returncode, done.stdout
     assert "1 skipped" in done.stdout, done.stdout
     assert "SELFGUARD" in done.stdout.split("short test summary info")[-1], done.stdout
