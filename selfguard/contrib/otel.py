@@ -104,7 +104,8 @@ def unregister(meter_provider: Optional[MeterProvider] = None) -> None:
     """Stop reporting to *meter_provider* (default: the global one); a later register() resumes.
 
     The OpenTelemetry API has no way to delete an instrument, so the
-    instruments stay and report nothing until register() is called again.
+    instruments stay and observe nothing until register() is called again
+    (depending on its version, the SDK drops them or repeats their last value).
     Unregistering a provider that was never registered does nothing.
     """
     provider = get_meter_provider() if meter_provider is None else meter_provider
