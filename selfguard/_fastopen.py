@@ -37,8 +37,10 @@ def make_send_wrapper(api: str) -> Callable[..., Any]:
     flags_at, address_at = _ARGUMENTS[api]
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if len(args) != address_at + 1 or kwargs or state.options is None:
-            return call_as_the_stdlib(wrapped, instance, args, kwargs)  # sendto(data, address): no Fast Open
+        if kwargs:
+            return call_as_the_stdlib(wrapped, instance, args, kwargs)
+        if len(args) != address_at + 1 or state.options is None:
+            return wrapped(*args)  # sendto(data, address), UDP's usual call: no flags, so no Fast Open
         port = _fast_open_port(instance, args[flags_at], args[address_at])
         if not port:
             return wrapped(*args)

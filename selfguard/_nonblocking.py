@@ -51,8 +51,10 @@ def getsockopt_wrapper(
 
     Every other getsockopt() costs a tuple comparison on top of the wrapt call.
     """
-    if args[:2] != _SO_ERROR or len(args) > 3 or kwargs or state.options is None:
+    if kwargs:
         return call_as_the_stdlib(wrapped, instance, args, kwargs)
+    if args[:2] != _SO_ERROR or len(args) > 3 or state.options is None:
+        return wrapped(*args)
     value = wrapped(*args)
     # With a buflen the kernel's int comes back as bytes: all zero means no error.
     if (value if type(value) is int else any(value)) or state.delegated.get():
