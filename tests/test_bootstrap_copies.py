@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_sitecustomize import python
 
 from selfguard._run import BOOTSTRAP
 from selfguard.testing import can_force_self_connect
 
-from conftest import require
+from helpers import require, under_sitecustomize
 
 # Before socket is imported: how many of selfguard's import hooks wait for it.
 # Then the imports that died, a forced self-connect, and how the guard sits on
@@ -72,7 +71,7 @@ def test_copies_on_the_path_guard_once_and_run_the_users_sitecustomize_once(layo
     """Every import works, one hook waits for socket, one wrapper guards, the user's sitecustomize runs once."""
     require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
     entries = LAYOUTS[layout]
-    done = python(CHECK.format(port=free_port()), pythonpath=os.pathsep.join(dirs[e] for e in entries))
+    done = under_sitecustomize(CHECK.format(port=free_port()), pythonpath=os.pathsep.join(dirs[e] for e in entries))
     theirs = "theirs ran\n" if "user" in entries else ""
     assert theirs + GUARDED_ONCE == done.stdout, done.stderr[-2000:]
     assert 3 == done.stderr.count("connected to itself"), done.stderr[-2000:]
@@ -121,6 +120,6 @@ def test_a_finder_that_asks_the_rest_of_meta_path_works_with_it(position, tmp_pa
     """The user's sitecustomize puts such a finder before selfguard's hook (0) or after it (1): guarded once."""
     require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
     (tmp_path / "sitecustomize.py").write_text(DELEGATING.format(position=position))
-    done = python(CHECK.format(port=free_port()), pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]))
+    done = under_sitecustomize(CHECK.format(port=free_port()), pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]))
     assert "theirs ran\n" + GUARDED_ONCE == done.stdout, done.stderr[-2000:]
     assert 3 == done.stderr.count("connected to itself"), done.stderr[-2000:]

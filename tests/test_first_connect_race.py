@@ -11,11 +11,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_sitecustomize import python
 
 from selfguard.testing import can_force_self_connect, free_port
 
-from conftest import require
+from helpers import require, under_sitecustomize
 
 RACERS = 4
 MAX_RUNS = 4  # per way of hunting
@@ -102,7 +101,7 @@ def test_no_connect_passes_unchecked_while_the_first_connect_installs_the_guard(
     runs = 0
     seen: dict[str, int] = {}
     while runs < MAX_RUNS and time.monotonic() - started < MAX_SECONDS:
-        done = python(HUNT.format(ports=ports, **WAYS[way]))
+        done = under_sitecustomize(HUNT.format(ports=ports, **WAYS[way]))
         assert 0 == done.returncode, done.stderr[-2000:]
         runs += 1
         for outcome in done.stdout.split():

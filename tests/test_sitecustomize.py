@@ -13,24 +13,12 @@ import pytest
 from selfguard._run import BOOTSTRAP
 from selfguard.testing import can_force_self_connect
 
-from conftest import require
+from helpers import require, under_sitecustomize
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "sitecustomize_example" / "sitecustomize.py"
 # The guard is installed at the first connect, connect_ex or bind: this is one (port 1: refused at once).
 FIRST_CONNECT = "import socket; socket.socket().connect_ex(('127.0.0.1', 1))\n"
 INSTALLED = "import selfguard; print(selfguard.is_installed())"
-
-
-def python(code: str, *, pythonpath: str = BOOTSTRAP, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run *code* in a fresh interpreter with the sitecustomize on PYTHONPATH and only the given SELFGUARD* set."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SELFGUARD"))}
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        env={**base, "PYTHONPATH": pythonpath, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_the_example_is_the_sitecustomize_that_selfguard_run_uses():
@@ -42,7 +30,7 @@ def test_a_process_that_imports_socket_is_guarded(free_port):
     """Deployed on PYTHONPATH, it guards an unmodified program: a forced self-connect raises SelfConnectError."""
     require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
     port = free_port()
-    done = python(
+    done = under_sitecustomize(
         "import socket, selfguard\n"
         "from selfguard.testing import force_self_connect\n"
         "s = socket.socket()\n"
@@ -58,7 +46,7 @@ def test_a_process_that_imports_socket_is_guarded(free_port):
 
 def test_a_process_without_sockets_imports_nothing_of_selfguard():
     """Until socket is imported, neither selfguard nor wrapt is: short scripts pay nothing."""
-    done = python(
+    done = under_sitecustomize(
         "import sys, json; print(json.dumps(sorted(m for m in sys.modules if m.startswith(('selfguard', 'wrapt')))))"
     )
     assert 0 == done.returncode, done.stderr
@@ -67,7 +55,7 @@ def test_a_process_without_sockets_imports_nothing_of_selfguard():
 
 def test_selfguard_off_leaves_no_trace():
     """SELFGUARD=0 means no import hook and no guard, even after socket is imported."""
-    done = python(
+    done = under_sitecustomize(
         "import sys, socket\n"
         "print(any(type(f).__name__ == '_SelfguardAfterSocket' for f in sys.meta_path), 'selfguard' in sys.modules)",
         SELFGUARD="off",
@@ -86,7 +74,7 @@ def test_selfguard_off_leaves_no_trace():
 )
 def test_a_bad_value_warns_once_naming_the_variable_and_the_guard_stays_on(variable, value):
     """The interpreter starts, warns once on stderr with the variable's name, and uses the default."""
-    done = python(FIRST_CONNECT + INSTALLED, **{variable: value})
+    done = under_sitecustomize(FIRST_CONNECT + INSTALLED, **{variable: value})
     assert 0 == done.returncode
     assert "True" == done.stdout.strip()
     assert 1 == done.stderr.count("RuntimeWarning")
@@ -98,7 +86,9 @@ def test_an_internal_failure_is_reported_and_swallowed(tmp_path):
     broken = tmp_path / "wrapt"
     broken.mkdir()
     (broken / "__init__.py").write_text("raise RuntimeError('broken on purpose')\n")
-    done = python(FIRST_CONNECT + "print('program ran')", pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]))
+    done = under_sitecustomize(
+        FIRST_CONNECT + "print('program ran')", pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)])
+    )
     assert 0 == done.returncode
     assert "program ran" == done.stdout.strip()
     assert "selfguard: not active in this process: RuntimeError: broken on purpose\n" == done.stderr
@@ -107,7 +97,7 @@ def test_an_internal_failure_is_reported_and_swallowed(tmp_path):
 def test_a_sitecustomize_further_along_the_path_still_runs(tmp_path):
     """The sitecustomize it hides (a distribution's, or the user's own) runs too, once."""
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.stdout.write('theirs ran\\n')\n")
-    done = python(FIRST_CONNECT + INSTALLED, pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]))
+    done = under_sitecustomize(FIRST_CONNECT + INSTALLED, pythonpath=os.pathsep.join([BOOTSTRAP, str(tmp_path)]))
     assert ("theirs ran\nTrue\n", "") == (done.stdout, done.stderr)
 
 
@@ -139,13 +129,13 @@ def test_socket_imported_before_the_sitecustomize_runs_is_guarded_too():
 )
 def test_whatever_imports_socket_first_the_guard_comes_up(first_import):
     """Installing is left to the first connect, so no import chain is cut in the middle (urllib.request was)."""
-    done = python(f"import {first_import}\n" + FIRST_CONNECT + INSTALLED)
+    done = under_sitecustomize(f"import {first_import}\n" + FIRST_CONNECT + INSTALLED)
     assert ("True", "") == (done.stdout.strip(), done.stderr)
 
 
 def test_until_the_first_connect_nothing_heavy_is_imported():
     """import socket alone puts small stand-ins in place; selfguard and wrapt wait for a connect."""
-    done = python(
+    done = under_sitecustomize(
         "import socket, sys\n"
         "print(sorted(n for n in ('connect', 'connect_ex', 'bind') if n in vars(socket.socket)),"
         " 'wrapt' in sys.modules, 'selfguard' in sys.modules)"
@@ -155,7 +145,7 @@ def test_until_the_first_connect_nothing_heavy_is_imported():
 
 def test_an_explicit_install_takes_over_from_the_stand_ins():
     """A program that calls install() itself gets one guard, and uninstall() leaves socket.socket bare."""
-    done = python(
+    done = under_sitecustomize(
         "import socket, selfguard\n"
         "selfguard.install(); selfguard.install()\n"
         "print(type(vars(socket.socket)['connect']).__name__)\n"
@@ -169,7 +159,7 @@ def test_an_explicit_install_takes_over_from_the_stand_ins():
 
 def test_threads_racing_to_the_first_connect_install_once():
     """Eight threads' first connects at once: one install, every thread guarded, nothing printed."""
-    done = python(
+    done = under_sitecustomize(
         "import socket, threading, selfguard\n"
         "barrier = threading.Barrier(8)\n"
         "def first():\n"
@@ -183,7 +173,7 @@ def test_threads_racing_to_the_first_connect_install_once():
 
 def test_a_wrapt_patch_put_on_top_of_a_stand_in_survives_the_first_connect():
     """Someone's wrapt wrapper around a stand-in is theirs: the first connect does not take it off with the stand-in."""
-    done = python(
+    done = under_sitecustomize(
         "import socket, wrapt, selfguard\n"
         "calls = []\n"
         "def theirs(wrapped, instance, args, kwargs):\n"

@@ -12,12 +12,12 @@ import subprocess
 import sys
 
 import pytest
-from test_sitecustomize import FIRST_CONNECT, python
+from test_sitecustomize import FIRST_CONNECT
 
 import selfguard
 from selfguard.testing import can_force_self_connect
 
-from conftest import require
+from helpers import require, under_sitecustomize
 
 SELFGUARD_RUN = [sys.executable, "-m", "selfguard", "run", "--"]
 STATUS = "import selfguard; print(selfguard.status(), selfguard.is_installed())\n"
@@ -58,7 +58,7 @@ def test_status_is_public():
 )
 def test_under_the_sitecustomize(program, env, expected):
     """Armed until the first connect, active after it; off when switched off or uninstalled."""
-    done = python(program, **env)
+    done = under_sitecustomize(program, **env)
     assert (expected, "") == (done.stdout.strip(), done.stderr)
 
 
@@ -66,7 +66,7 @@ def test_armed_means_the_first_connect_is_guarded(free_port):
     """What "armed" promises: the very first connect of the process, a forced self-connect, is refused."""
     require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
     port = free_port()
-    done = python(
+    done = under_sitecustomize(
         "import socket, selfguard\n"
         "from selfguard.testing import force_self_connect\n"
         "print(selfguard.status())\n"
@@ -120,7 +120,7 @@ def test_forcing_self_connects_keeps_an_armed_guard(free_port):
     """force_self_connects() under the sitecustomize, before any connect: the guard must stay on and catch them."""
     require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
     port = free_port()
-    done = python(
+    done = under_sitecustomize(
         "import socket, selfguard\n"
         "from selfguard.testing import force_self_connects\n"
         f"with force_self_connects({port}, times=3):\n"
