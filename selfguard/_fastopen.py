@@ -17,7 +17,7 @@ import socket
 
 from ._detect import call_as_the_stdlib, kind, port_of, self_connected
 from ._errors import SelfConnectError
-from ._policy import Action, on_self_connect, retrying
+from ._policy import Action, on_self_connect, retried, retrying
 from ._state import in_range, state
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -47,9 +47,18 @@ def make_send_wrapper(api: str) -> Callable[..., Any]:
         address = args[address_at]
         attempt = 1
         while True:
-            result = wrapped(*args)  # a refused connect raises here, as the stdlib's
+            if attempt == 1:
+                result = wrapped(*args)  # a refused connect raises here, as the stdlib's
+            else:
+                try:
+                    result = wrapped(*args)
+                except OSError as exc:
+                    retried(api, address, attempt, True, exc)
+                    raise
             local = self_connected(instance, port)
             if local is None:
+                if attempt > 1:
+                    retried(api, address, attempt, True, 0)
                 return result
             action = on_self_connect(instance, local, address, api, attempt, can_retry=True)
             if action is Action.HAND_BACK:

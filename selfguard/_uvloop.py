@@ -19,7 +19,7 @@ import ssl as _ssl
 
 from ._detect import port_of, self_connected
 from ._errors import SelfConnectError
-from ._policy import Action, on_self_connect, retrying
+from ._policy import Action, on_self_connect, retried, retrying
 from ._state import in_range, state
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -136,11 +136,20 @@ async def _through_gates(
     while True:
         gates: list[_Gate] = []
         opener = functools.partial(_open_gate, gates, factory, number, address, attempt, bool(tls))
-        transport, _ = await wrapped(opener, host, port, **rest)
+        if attempt == 1:
+            transport, _ = await wrapped(opener, host, port, **rest)
+        else:
+            try:
+                transport, _ = await wrapped(opener, host, port, **rest)
+            except BaseException as exc:
+                retried(API, address, attempt, True, exc)
+                raise
         action = gates[-1].action
         if action is Action.REFUSE:
             raise SelfConnectError(address, attempt)
         if action is not Action.RETRY:
+            if action is None and attempt > 1:
+                retried(API, address, attempt, True, 0)
             break
         attempt += 1
         retrying(API, address, attempt, "self-connect")
