@@ -22,6 +22,11 @@ as a wide spread rather than as a wrong figure.
   noise of process start-up out): in all, then split into importing wrapt
   (imported explicitly first) and selfguard's own import and install().
 
+Run it with the interpreter of a regular install (`pip install .`), not an
+editable one: an editable install's import finder loads pathlib and more at
+every start-up, which hides part of wrapt's import cost. The header says which
+it measured.
+
 A benchmark, not a test: it fails only if it cannot run.
 """
 
@@ -87,6 +92,22 @@ def _spread(values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
     q1, median, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0],) * 3
     return f"{median:+7.2f} ms   [{q1:+6.2f} .. {q3:+6.2f}]   [{ms[0]:+6.2f} .. {ms[-1]:+6.2f}]"
+
+
+def _how_installed() -> str:
+    """Where selfguard is imported from, and whether that is an editable install (which skews start-up)."""
+    import json
+    from importlib import metadata
+
+    import selfguard
+
+    try:
+        direct = metadata.distribution("selfguard").read_text("direct_url.json")
+        editable = bool(direct and json.loads(direct).get("dir_info", {}).get("editable"))
+    except metadata.PackageNotFoundError:
+        return f"selfguard from {os.path.dirname(selfguard.__file__)} (not installed: a clone on sys.path)"
+    how = "EDITABLE install: its finder skews start-up, measure a `pip install .`" if editable else "regular install"
+    return f"selfguard from {os.path.dirname(selfguard.__file__)} ({how})"
 
 
 def main() -> None:
@@ -159,6 +180,7 @@ def main() -> None:
         ("  selfguard's own: import and install()", own),
     ]
     print(f"Python {sys.version.split()[0]}, wrapt {wrapt.__version__}, {args.runs} rounds")
+    print(_how_installed())
     print(f"plain `python -c pass`: {statistics.median(wall['pass']) * 1000:.1f} ms (median)\n")
     print(f"{'extra cost of the sitecustomize':<42} {'median':>10}   {'quartiles':<17}   min .. max")
     for label, values in rows:

@@ -286,7 +286,7 @@ def test_the_summary_survives_xdist(pytester, free_port):
 
 
 def test_a_bad_ini_value_names_the_key(pytester):
-    """`selfguard = maybe` in the ini file: a usage error that names the key and the value, not "invalid truth value"."""
+    """`selfguard = maybe` in the ini file: a usage error naming the key and the value, not "invalid truth value"."""
     pytester.makeini("[pytest]\nselfguard = maybe\n")
     pytester.makepyfile(ASSERT_NOT_INSTALLED)
     result = pytester.runpytest_subprocess(timeout=120)
