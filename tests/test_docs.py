@@ -14,10 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from selfguard import __main__ as cli
 from selfguard import _config, pytest_plugin
+
+from helpers import commands_of, options_of, selfguard_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "sitecustomize_example" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -26,36 +25,6 @@ DOCS = [ROOT / "README.md", ROOT / "sitecustomize_example" / "README.md", *sorte
 # belong to another tool. Anything else named so must be an option of selfguard or its plugin.
 OTHER_TOOLS_OPTIONS = {"--no-compile": "pip install"}
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
-
-
-class _Parsed(Exception):
-    """Raised in place of parsing: main() has built its parser, which is all the check needs."""
-
-
-def selfguard_parser(monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
-    """The `selfguard` parser exactly as main() builds it, every command registered."""
-    built: list[argparse.ArgumentParser] = []
-
-    def capture(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
-        built.append(self)
-        raise _Parsed
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
-    with pytest.raises(_Parsed):
-        cli.main(["repro"])
-    monkeypatch.undo()
-    return built[0]
-
-
-def commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def options_of(parser: argparse.ArgumentParser) -> set[str]:
-    return {option for action in parser._actions for option in action.option_strings}
 
 
 def plugin_options() -> set[str]:
