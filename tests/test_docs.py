@@ -45,6 +45,17 @@ def plugin_options() -> set[str]:
     return names
 
 
+def benchmark_options() -> set[str]:
+    """The options the scripts in benchmarks/ take, read from their add_argument() calls."""
+    names: set[str] = set()
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                constants = [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+                names.update(value for value in constants if str(value).startswith("-"))
+    return names
+
+
 def variables() -> set[str]:
     """SELFGUARD and every SELFGUARD_* the code reads: the options', and names written out in the package or the C."""
     found = {"SELFGUARD", *(_config.env_name(option) for option in _config.Options._fields)}
@@ -135,9 +146,9 @@ def test_every_selfguard_command_and_option_in_the_docs_exists(monkeypatch):
 
 
 def test_every_option_named_on_its_own_exists(monkeypatch):
-    """A long option named alone (`--apply`) is one of selfguard's, of its pytest plugin's, or a known other tool's."""
+    """A long option named alone (`--apply`) is selfguard's, its pytest plugin's, a benchmark's or a known tool's."""
     parser = selfguard_parser(monkeypatch)
-    known = options_of(parser) | plugin_options() | set(OTHER_TOOLS_OPTIONS)
+    known = options_of(parser) | plugin_options() | benchmark_options() | set(OTHER_TOOLS_OPTIONS)
     for command in commands_of(parser).values():
         known |= options_of(command)
     wrong = []
