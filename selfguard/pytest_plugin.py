@@ -120,16 +120,22 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     from selfguard import testing
 
     if marker.args:
-        raise pytest.UsageError(f"{item.nodeid}: the selfguard marker takes keyword options only, got {marker.args!r}")
+        raise TypeError(f"the selfguard marker takes keyword options only (mode=..., retries=...), got {marker.args!r}")
     _marker_ran = True
-    before = testing.options()
-    if before is not None and not marker.kwargs:
+    status, before = selfguard.status(), testing.options()
+    if status != "off" and not marker.kwargs:
         return  # guarded already (--selfguard, a sitecustomize), with options of its own
     # install() checks the options and raises naming a bad one: the test errors in set-up.
     if not selfguard.install(**marker.kwargs):
         return  # SELFGUARD=0 in the environment: the operator's switch wins here too
-    # Undone after teardown: off again, or the options in force before this test.
-    _undo_marker = selfguard.uninstall if before is None else functools.partial(selfguard.install, **before._asdict())
+    # Undone after teardown: off again, or the options in force before this test (a
+    # sitecustomize's stand-ins, once replaced, come back as the guard they stood for).
+    if status == "off":
+        _undo_marker = selfguard.uninstall
+    elif before is None:
+        _undo_marker = selfguard.install
+    else:
+        _undo_marker = functools.partial(selfguard.install, **before._asdict())
 
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)
