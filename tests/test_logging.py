@@ -186,3 +186,32 @@ def test_an_asyncio_connect_is_one_line(free_port, caplog, times, outcome):
         line.selfguard_outcome,
         line.selfguard_attempts,
     )
+
+
+MSG_FASTOPEN = int(getattr(socket, "MSG_FASTOPEN", 0x20000000))
+DIAL = {
+    "connect": lambda sock, address: sock.connect(address),
+    "sendto": lambda sock, address: sock.sendto(b"PING", MSG_FASTOPEN, address),
+}
+
+
+@pytest.mark.parametrize("api", sorted(DIAL))
+def test_a_retry_refused_is_one_line_on_each_blocking_path(forced, free_port, caplog, api):
+    """The socket self-connects once; its range is cleared before the retry, which is refused: one line says so."""
+    if api == "sendto":
+        with open("/proc/sys/net/ipv4/tcp_fastopen") as f:
+            require(int(f.read()) & 1, "needs TCP Fast Open enabled for clients (net.ipv4.tcp_fastopen & 1)")
+    selfguard.install()
+    port = free_port()
+    sock = forced(port, timeout=None)  # blocking: Fast Open in timeout mode completes out of sight
+
+    def free_the_range(event: selfguard.Event) -> None:
+        if event.kind == "self_connect":
+            selfguard.testing.set_port_range(sock, 0, 0)  # the retry gets a port of its own
+
+    selfguard.add_listener(free_the_range)
+    with pytest.raises(ConnectionRefusedError):
+        DIAL[api](sock, ("127.0.0.1", port))
+    (line,) = _lines(caplog)
+    assert f"({api}) connected to itself; reset and retried: attempt 2 failed: ECONNREFUSED" in line.getMessage()
+    assert (api, "failed", 2) == (line.selfguard_api, line.selfguard_outcome, line.selfguard_attempts)
