@@ -8,7 +8,7 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count
+from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count, pid_number
 from ._listeners import listening_sockets, socket_owners
 from ._ports import RANGE_FILE, connect_tries_first, covers, ephemeral_range, format_port_list, parity, port_number
 from ._recipes import container_recipes, render_recipes
@@ -205,7 +205,7 @@ def register(commands: Commands) -> None:
     )
     parser.add_argument(
         "--pid",
-        type=int,
+        type=pid_number,
         action="append",
         default=[],
         metavar="PID",

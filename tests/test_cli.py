@@ -135,3 +135,23 @@ def test_an_unreadable_proc_is_could_not_run_not_a_usage_error(command):
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"selfguard {command[0]}: ")
     assert "cannot read the ephemeral port range from /proc/sys/net/ipv4/ip_local_port_range" in line
+
+
+@pytest.mark.parametrize(("args", "command"), [(["--max-attempts", "5", "doctor"], "doctor"), (["--json", "run"], "run")])
+def test_an_option_before_a_command_names_that_command_not_repro(args, command):
+    """`selfguard --max-attempts 5 doctor` is told that options go after their command, and repro is not blamed."""
+    done = cli(*args)
+    assert (2, "") == (done.returncode, done.stdout)
+    assert "repro" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"selfguard: error: {args[0]} comes before the command {command}: a command's options go after it "
+        f"(`selfguard {command} --help` lists {command}'s)"
+    )
+
+
+@pytest.mark.parametrize("bad", ["-3", "0", "abc", "1.5", ""])
+def test_a_bad_pid_is_a_usage_error(bad):
+    """doctor --pid takes a process id above 0: -3 (a process group to kill(2)) and 0 are refused, naming the option."""
+    done = cli("doctor", "--pid", bad)
+    assert (2, "") == (done.returncode, done.stdout)
+    assert f"argument --pid: invalid process id {bad!r}: expected a whole number above 0" in done.stderr
