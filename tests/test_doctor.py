@@ -218,9 +218,14 @@ def test_the_ranking_matches_the_self_connects_measured(low):
 
 
 def test_the_container_recipes_are_well_formed(free_port):
-    """docker run, a Kubernetes pod and a compose service, in JSON and text, each setting the reservation for real."""
+    """docker run, a Kubernetes pod and a compose service, in JSON and text, each setting the reservation for real.
+
+    Both runs are in fresh network namespaces with nothing listening: on the
+    host, a listener coming or going between the two would change the setting.
+    """
+    require_netns()
     port = free_port()
-    done = doctor("--json", "--port", str(port))
+    done = doctor("--json", "--port", str(port), netns_reserved="")
     assert 1 == done.returncode, done.stderr
     report = json.loads(done.stdout)
     setting, recipes = report["reserved_after"], report["containers"]
@@ -235,7 +240,8 @@ def test_the_container_recipes_are_well_formed(free_port):
     compose = yaml.safe_load(recipes["docker_compose"])
     assert {"services": {"SERVICE": {"sysctls": {"net.ipv4.ip_local_reserved_ports": setting}}}} == compose
 
-    text = doctor("--port", str(port)).stdout
+    text = doctor("--port", str(port), netns_reserved="").stdout
+    assert str(port) == setting  # nothing else in the namespace: the same setting both times
     assert f"  {recipes['docker_run']}\n" in text
     for snippet in ("kubernetes_pod", "docker_compose"):
         assert textwrap.indent(recipes[snippet], "    ") in text
