@@ -359,7 +359,10 @@ def register(commands: Commands) -> None:
     parser.add_argument(
         "--persist",
         metavar="FILE",
-        help=f"with --apply, also write the setting to the sysctl.d file FILE (e.g. {SYSCTL_FILE})",
+        help=(
+            f"with --apply, also write the setting to the sysctl.d file FILE (e.g. {SYSCTL_FILE}), recording "
+            "there the ports the doctor added"
+        ),
     )
     parser.add_argument(
         "--stale", action="store_true", help="list the reservations where nothing listens now, and whose they are"
@@ -374,8 +377,11 @@ def register(commands: Commands) -> None:
     )
 
     def handle(args: argparse.Namespace) -> int:
-        if args.persist is not None and not (args.apply or args.dry_run):
-            parser.error("--persist FILE goes with --apply (or --dry-run, to see what it would write)")
+        if args.persist is not None and not (args.apply or args.dry_run or args.stale):
+            parser.error(
+                "--persist FILE goes with --apply (or --dry-run, to see what it would write; or --stale, to tell "
+                "the reservations FILE records as the doctor's)"
+            )
         if args.prune and (args.persist is None or not (args.apply or args.dry_run)):
             parser.error(
                 "--prune goes with --apply (or --dry-run) and --persist FILE: FILE records which reservations "

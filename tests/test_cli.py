@@ -137,7 +137,9 @@ def test_an_unreadable_proc_is_could_not_run_not_a_usage_error(command):
     assert "cannot read the ephemeral port range from /proc/sys/net/ipv4/ip_local_port_range" in line
 
 
-@pytest.mark.parametrize(("args", "command"), [(["--max-attempts", "5", "doctor"], "doctor"), (["--json", "run"], "run")])
+@pytest.mark.parametrize(
+    ("args", "command"), [(["--max-attempts", "5", "doctor"], "doctor"), (["--json", "run"], "run")]
+)
 def test_an_option_before_a_command_names_that_command_not_repro(args, command):
     """`selfguard --max-attempts 5 doctor` is told that options go after their command, and repro is not blamed."""
     done = cli(*args)

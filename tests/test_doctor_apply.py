@@ -274,7 +274,8 @@ def test_persist_needs_apply_or_dry_run():
     )
     assert (2, "") == (done.returncode, done.stdout)
     assert done.stderr.splitlines()[-1] == (
-        "selfguard doctor: error: --persist FILE goes with --apply (or --dry-run, to see what it would write)"
+        "selfguard doctor: error: --persist FILE goes with --apply (or --dry-run, to see what it would write; "
+        "or --stale, to tell the reservations FILE records as the doctor's)"
     )
 
 

@@ -147,7 +147,9 @@ def test_the_text_states_the_rate_and_writes_counts_one_way():
     for line in rates:
         # One sample: the rate comes with the interval it allows (about 2.5/N to 369/N per 100,000 dials).
         rate = float(line.split(": ")[1].split(" per ")[0].replace(",", ""))
-        low, high = (float(x.replace(",", "")) for x in line.split("anywhere from ")[1].split(" at 95%")[0].split(" to "))
+        low, high = (
+            float(x.replace(",", "")) for x in line.split("anywhere from ")[1].split(" at 95%")[0].split(" to ")
+        )
         assert low < rate < high, line
         assert line.endswith(f" to {high:,g} at 95% confidence)"), line
         assert "(from 1 self-connect: anywhere from " in line, line
