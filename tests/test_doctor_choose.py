@@ -14,7 +14,11 @@ from netns_doctor import in_netns, require_nobody_can_run_python
 
 LISTENERS = """
 import atexit
-HOLD = "import socket, sys, time\\nfor p in sys.argv[1:]: socket.create_server(('127.0.0.1', int(p)), backlog=1).detach()\\nprint('up', flush=True); time.sleep(60)"
+HOLD = (
+    "import socket, sys, time\\n"
+    "for p in sys.argv[1:]: socket.create_server(('127.0.0.1', int(p)), backlog=1).detach()\\n"
+    "print('up', flush=True); time.sleep(60)"
+)
 
 
 def listen(*ports):
