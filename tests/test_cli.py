@@ -157,3 +157,22 @@ def test_a_bad_pid_is_a_usage_error(bad):
     done = cli("doctor", "--pid", bad)
     assert (2, "") == (done.returncode, done.stdout)
     assert f"argument --pid: invalid process id {bad!r}: expected a whole number above 0" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "bad"), [("--min-age", "-1"), ("--min-age", "nan"), ("--exclude", "0"), ("--port", "80,x")]
+)
+def test_doctors_choice_options_reject_bad_values(option, bad):
+    """--min-age takes seconds from 0 up; --exclude and --port take ports, one by one or comma-separated."""
+    done = cli("doctor", option, bad)
+    assert (2, "") == (done.returncode, done.stdout)
+    assert f"argument {option}: invalid " in done.stderr.splitlines()[-1]
+
+
+def test_only_without_a_named_port_is_a_usage_error():
+    """--only keeps to the ports named with --port: with none named it would silently reserve nothing."""
+    done = cli("doctor", "--only")
+    assert (2, "") == (done.returncode, done.stdout)
+    assert done.stderr.splitlines()[-1] == (
+        "selfguard doctor: error: --only keeps to the ports named with --port: name some (--port P[,P...])"
+    )
