@@ -355,7 +355,7 @@ def register(commands: Commands) -> None:
         help="also tell whether the native guard (selfguard run --native) is active in process PID (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
-    parser.add_argument("--apply", action="store_true", help=f"reserve the ports at risk in {SYSCTL} (root)")
+    parser.add_argument("--apply", action="store_true", help=f"reserve the ports proposed in {SYSCTL} (root)")
     parser.add_argument(
         "--persist",
         metavar="FILE",
