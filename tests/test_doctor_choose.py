@@ -7,9 +7,15 @@ held by real processes; the reserved list written is that namespace's alone.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+from selfguard._listeners import process_age
+
+from conftest import require
 from netns_doctor import in_netns, require_nobody_can_run_python
 
 LISTENERS = """
@@ -196,3 +202,13 @@ result = {"refused": refused, "dry": dry}
         "Process names (and ages) hidden for port(s) 40010: only root may read another user's /proc/PID/fd; run "
         "the doctor as root to see them."
     ) in " ".join(dry["stdout"].split())
+
+
+def test_a_process_age_agrees_with_ps():
+    """process_age reads /proc/PID/stat as ps does: its figure for pid 1 and for this process matches `ps -o etimes`."""
+    require(shutil.which("ps") is not None, "needs ps (procps)")
+    for pid in (1, os.getpid()):
+        ps = subprocess.run(["ps", "-o", "etimes=", "-p", str(pid)], capture_output=True, text=True, timeout=30)
+        age = process_age(pid)
+        assert age is not None and abs(int(ps.stdout) - age) <= 2, (pid, ps.stdout, age)
+    assert process_age(2**22 + 1) is None  # above pid_max's ceiling: no such process
