@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import commands_of, require, selfguard_parser
+from helpers import commands_of, options_of, require, selfguard_parser
 
 # Source the script, then ask the completion function as bash's `complete` would.
 ASK = """
@@ -44,18 +44,19 @@ def test_the_commands_are_completed(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        ("selfguard doctor --d", ["--dry-run"]),
-        ("selfguard doctor --p", ["--persist", "--pid", "--port"]),
-        ("selfguard repro --max-", ["--max-attempts", "--max-seconds"]),
-        ("selfguard run --n", ["--native"]),
-        ("selfguard completion ", ["--help", "-h", "bash"]),
-    ],
+    ("command", "prefix"), [("doctor", "--d"), ("doctor", "--p"), ("repro", "--max-"), ("run", "--n"), ("run", "--")]
 )
-def test_each_commands_options_are_completed(line, expected):
-    """After a command, its own options (and a positional's fixed values)."""
-    assert expected == complete(line)
+def test_each_commands_options_are_completed(monkeypatch, command, prefix):
+    """After a command, its own options that start with what was typed, as its parser has them."""
+    options = options_of(commands_of(selfguard_parser(monkeypatch))[command])
+    expected = sorted(option for option in options if option.startswith(prefix))
+    assert expected, f"{command} has no option starting {prefix}: the case checks nothing"
+    assert expected == complete(f"selfguard {command} {prefix}")
+
+
+def test_a_positionals_fixed_values_are_completed():
+    """`selfguard completion <TAB>` offers the shells it writes for."""
+    assert ["--help", "-h", "bash"] == complete("selfguard completion ")
 
 
 def test_after_run_the_command_line_is_cmds():
