@@ -32,6 +32,35 @@ _WRAPPERS: dict[str, Callable[..., Any]] = {
     "sendto": make_send_wrapper("sendto"),
     "sendmsg": make_send_wrapper("sendmsg"),
 }
+
+
+class _BoundMethodWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
+    """wrapt's bound wrapper, pickled as the stdlib pickles the bound method (a socket is not picklable: TypeError)."""
+
+    def __reduce__(self) -> Any:
+        return self.__wrapped__.__reduce__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__wrapped__.__reduce_ex__(protocol)
+
+
+class _MethodWrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
+    """The guard's wrapper on a socket class's method.
+
+    wrapt's proxies refuse to be pickled (NotImplementedError), where the
+    stdlib's methods pickle by reference: pickle.dumps(socket.socket.connect)
+    works without the guard, so it works with it, giving the same bytes.
+    """
+
+    __bound_function_wrapper__ = _BoundMethodWrapper
+
+    def __reduce__(self) -> Any:
+        return self.__wrapped__.__reduce__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__wrapped__.__reduce_ex__(protocol)
+
+
 lock = _thread.RLock()
 # (class, name) -> (the FunctionWrapper we put there, what vars() held before).
 # socket.socket; gevent's socket class once its monkey-patching replaced
@@ -89,11 +118,11 @@ def wrap(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
         if _is_stand_in(current):
             # The method the stand-in hides: the one the class inherits.
             hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
-            ours = wrapt.FunctionWrapper(hidden, wrapper)
+            ours = _MethodWrapper(hidden, wrapper)
             setattr(cls, name, ours)
             _patched[key] = (ours, _ABSENT)  # uninstall() deletes it: the inherited method again
         else:
-            _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), current)
+            _patched[key] = (wrapt.wrap_object(cls, name, _MethodWrapper, (wrapper,)), current)
 
 
 def uninstall() -> None:
@@ -161,7 +190,7 @@ def guard_for(original: Any, name: str) -> Any:
     guard = _guards_for.get(key)
     if guard is None:
         wrapper = _WRAPPERS[name] if name in _WRAPPERS else _loops.wrapper_for(name)
-        guard = _guards_for[key] = wrapt.FunctionWrapper(original, wrapper)
+        guard = _guards_for[key] = _MethodWrapper(original, wrapper)
     return guard
 
 

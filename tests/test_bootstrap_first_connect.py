@@ -138,6 +138,13 @@ PARITY_CASES = {
         "    try:\n        call()\n"
         "    except TypeError as exc:\n        print(exc)\n"
     ),
+    "pickling the stand-ins before the first connect": (
+        "import pickle, socket\n"
+        "for name in ('connect', 'connect_ex', 'bind', 'sendto', 'sendmsg'):\n"
+        "    print(name, callable(pickle.loads(pickle.dumps(getattr(socket.socket, name)))))\n"
+        "    try:\n        pickle.dumps(getattr(socket.socket(), name))\n"
+        "    except TypeError as exc:\n        print(exc)\n"
+    ),
 }
 
 

@@ -164,7 +164,9 @@ def _selfguard_stand_in(cls: type, name: str) -> object:
         return method.__get__(self, type(self))(*args, **kwargs)
 
     stand_in._selfguard_deferred = True  # type: ignore[attr-defined]
-    stand_in.__name__ = stand_in.__qualname__ = name
+    stand_in.__name__ = name
+    # Where it is found, so that pickle finds it there, as it finds the stdlib's method.
+    stand_in.__module__, stand_in.__qualname__ = cls.__module__, f"{cls.__qualname__}.{name}"
     stand_in.__doc__ = hidden.__doc__  # help(socket.socket.connect) reads as without the guard
     return stand_in
 
