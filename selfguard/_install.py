@@ -204,15 +204,20 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def status() -> str:
-    """Tell how this process is guarded: "active", "armed" or "off".
+    """Tell how this process is guarded: "active", "armed", "displaced" or "off".
 
-    "active": the guard's wrappers are on socket.socket. "armed": selfguard's
-    sitecustomize has put its stand-ins there, and the first connect,
-    connect_ex or bind will install the guard and go through it. "off":
-    neither (never installed, uninstalled, or SELFGUARD=0).
+    "active": the guard is on and its wrappers are where a connect finds
+    them. "armed": selfguard's sitecustomize has put its stand-ins on
+    socket.socket, and the first connect, connect_ex or bind will install
+    the guard and go through it. "displaced": install() ran, but a connect
+    no longer meets the guard -- something put a method it had saved back
+    on socket.socket (pytest-socket does at each test's teardown), or
+    importlib.reload(socket) made a new class; install() again re-guards.
+    "off": none of these (never installed, uninstalled, or SELFGUARD=0).
     """
-    if _state.state.options is not None:
-        return "active"
+    with lock:
+        if _state.state.options is not None:
+            return "active" if displaced() is None else "displaced"
     # SELFGUARD switched off after start-up: the first connect's install() will do nothing.
     switched_off = os.environ.get("SELFGUARD", "").strip().lower() in _config._FALSE
     if not switched_off and any(_is_stand_in(vars(socket.socket).get(name)) for name in _WRAPPERS):
@@ -222,4 +227,53 @@ def status() -> str:
 
 def is_installed() -> bool:
     """Tell whether every TCP connect of this process is guarded: status() is "active" or "armed"."""
-    return status() != "off"
+    return status() in ("active", "armed")
+
+
+def displaced() -> str | None:
+    """The first method (as "module.Class.name") where a call would miss the guard's wrapper, or None.
+
+    Asked of the classes themselves, not remembered: the method a call
+    finds (through the MRO, as the class finds it) must be ours, a wrapper
+    around ours, or a stand-in of the sitecustomize (which goes through the
+    guard once it is on).
+    """
+    with lock:
+        ours = {id(wrapper) for wrapper, _ in _patched.values()}
+        cls: type = socket.socket
+        targets = [(cls, name) for name in _WRAPPERS]
+        targets += [key for key in _patched if key[1] not in _WRAPPERS]  # the event loops' methods
+        for klass, name in targets:
+            if not _leads_to_ours(_found(klass, name), ours):
+                return f"{klass.__module__}.{klass.__qualname__}.{name}"
+        return None
+
+
+def _found(cls: type, name: str) -> Any:
+    """cls.name as a lookup on an instance finds it, without binding it."""
+    return next((vars(klass)[name] for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _leads_to_ours(attribute: Any, ours: set[int]) -> bool:
+    for _ in range(100):  # wrappers of wrappers; bounded in case of a cycle
+        if attribute is None:
+            return False
+        if id(attribute) in ours or _is_stand_in(attribute):
+            return True
+        attribute = getattr(attribute, "__wrapped__", None)
+    return False
+
+
+def reassert() -> bool:
+    """Put the guard's wrappers back where they were displaced, with the options in force; tell whether it did.
+
+    For whoever restores socket methods they saved before install() (the
+    pytest plugin calls it around each test). Does nothing unless the guard
+    is on and displaced.
+    """
+    with lock:
+        options = _state.state.options
+        if options is None or displaced() is None:
+            return False
+        activate(options)
+        return True

@@ -134,7 +134,12 @@ def _selfguard_install(installer: "Any") -> bool:
                 except Exception as exc:
                     _selfguard_report(exc)
                 selfguard_forget()  # whatever happened, the stand-ins are done
-            return installer.is_installed() is True
+            if installer.is_installed() is True:
+                return True
+            # Displaced (a saved bare method put back on the class): the guard
+            # is on, and a call that still comes through a stand-in is guarded.
+            status = getattr(installer, "status", None)
+            return status is not None and status() == "displaced"
     except Exception as exc:  # a selfguard of another version than this file: the connect goes on without it
         with _selfguard_lock:
             if not _selfguard_settled:
