@@ -155,3 +155,17 @@ def test_before_the_first_connect_a_program_sees_what_it_sees_without_the_bootst
     guarded, bare = under_sitecustomize(code), under_sitecustomize(code, SELFGUARD="0")
     assert (bare.stdout, "") == (guarded.stdout, guarded.stderr)
     assert "" == bare.stderr
+
+
+def test_jedi_completes_socket_as_without_the_bootstrap():
+    """jedi reads source through the spec: its completions of socket and trio.socket are the same with the bootstrap."""
+    pytest.importorskip("jedi")
+    pytest.importorskip("trio")
+    code = (
+        "import socket, jedi\n"
+        "for source in ('import socket\\nsocket.', 'import trio.socket\\ntrio.socket.'):\n"
+        "    print(len(jedi.Script(source).complete(2, len(source.splitlines()[-1]))))\n"
+    )
+    guarded, bare = under_sitecustomize(code), under_sitecustomize(code, SELFGUARD="0")
+    assert (bare.stdout, "") == (guarded.stdout, guarded.stderr)
+    assert all(int(count) > 100 for count in bare.stdout.split()), bare.stdout
