@@ -53,6 +53,10 @@ class _MethodWrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg,misc,unuse
     """
 
     __bound_function_wrapper__ = _BoundMethodWrapper
+    # What the class held before this wrapper went on (_ABSENT: an inherited
+    # method): carried by the wrapper, so that one put back on its class by
+    # whoever had saved it is recognised, reused, and undone exactly.
+    _self_before: Any
 
     def __reduce__(self) -> Any:
         return self.__wrapped__.__reduce__()
@@ -115,14 +119,20 @@ def wrap(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
         if key in _patched:
             return
         current = vars(cls).get(name, _ABSENT)
-        if _is_stand_in(current):
+        found = _ours_in(current)
+        if type(found) is _MethodWrapper:  # ours, put back by whoever had saved it (maybe inside their wrapper)
+            _patched[key] = (found, found._self_before)
+        elif _is_stand_in(current):
             # The method the stand-in hides: the one the class inherits.
             hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
             ours = _MethodWrapper(hidden, wrapper)
+            ours._self_before = _ABSENT  # uninstall() deletes it: the inherited method again
             setattr(cls, name, ours)
-            _patched[key] = (ours, _ABSENT)  # uninstall() deletes it: the inherited method again
+            _patched[key] = (ours, _ABSENT)
         else:
-            _patched[key] = (wrapt.wrap_object(cls, name, _MethodWrapper, (wrapper,)), current)
+            ours = wrapt.wrap_object(cls, name, _MethodWrapper, (wrapper,))
+            ours._self_before = current
+            _patched[key] = (ours, current)
 
 
 def uninstall() -> None:
@@ -132,7 +142,11 @@ def uninstall() -> None:
         _state.set_options(None)
         for key, (ours, before) in list(_patched.items()):
             cls, name = key
-            if vars(cls).get(name) is ours:
+            current = vars(cls).get(name)
+            if type(current) is _MethodWrapper:  # ours (or an earlier one of ours, put back): it knows what it hid
+                before = current._self_before  # noqa: PLW2901
+                ours = current  # noqa: PLW2901
+            if current is ours:
                 if before is _ABSENT:
                     # connect is inherited from _socket.socket: deleting our
                     # attribute restores the original itself, not a copy.
@@ -239,12 +253,11 @@ def displaced() -> str | None:
     guard once it is on).
     """
     with lock:
-        ours = {id(wrapper) for wrapper, _ in _patched.values()}
         cls: type = socket.socket
         targets = [(cls, name) for name in _WRAPPERS]
         targets += [key for key in _patched if key[1] not in _WRAPPERS]  # the event loops' methods
         for klass, name in targets:
-            if not _leads_to_ours(_found(klass, name), ours):
+            if _ours_in(_found(klass, name)) is None:
                 return f"{klass.__module__}.{klass.__qualname__}.{name}"
         return None
 
@@ -254,14 +267,16 @@ def _found(cls: type, name: str) -> Any:
     return next((vars(klass)[name] for klass in cls.__mro__ if name in vars(klass)), None)
 
 
-def _leads_to_ours(attribute: Any, ours: set[int]) -> bool:
+def _ours_in(attribute: Any) -> Any:
+    """The guard's wrapper (or a stand-in) that *attribute* is or wraps, or None."""
     for _ in range(100):  # wrappers of wrappers; bounded in case of a cycle
         if attribute is None:
-            return False
-        if id(attribute) in ours or _is_stand_in(attribute):
-            return True
+            return None
+        # type(), not isinstance(): a wrapt proxy around ours answers for ours' __class__.
+        if type(attribute) is _MethodWrapper or _is_stand_in(attribute):
+            return attribute
         attribute = getattr(attribute, "__wrapped__", None)
-    return False
+    return None
 
 
 def reassert() -> bool:

@@ -158,3 +158,17 @@ def test_the_wrapped_methods_pickle_as_the_stdlib_methods_do():
         guarded = pickling(sock)
     assert bare == guarded
     assert (TypeError, None, "cannot pickle 'socket' object") == bare[1]
+
+
+def test_a_wrapper_of_ours_put_back_is_reused_and_undone_exactly():
+    """Saved, replaced, re-guarded, then put back (monkeypatch's undo): no second layer, and uninstall() leaves it bare."""
+    selfguard.install()
+    ours = vars(socket.socket)["connect"]
+    socket.socket.connect = _socket.socket.connect  # someone's replacement (a saved bare method)
+    selfguard.install()  # guards their replacement
+    socket.socket.connect = ours  # their undo puts back what they saved
+    selfguard.install()
+    seen = (selfguard.status(), vars(socket.socket)["connect"] is ours, ours.__wrapped__ is _socket.socket.connect)
+    selfguard.uninstall()
+    assert ("active", True, True) == seen
+    assert not any(name in vars(socket.socket) for name in ALL_WRAPPED)
