@@ -161,7 +161,7 @@ def test_the_wrapped_methods_pickle_as_the_stdlib_methods_do():
 
 
 def test_a_wrapper_of_ours_put_back_is_reused_and_undone_exactly():
-    """Saved, replaced, re-guarded, then put back (monkeypatch's undo): no second layer, and uninstall() leaves it bare."""
+    """Saved, replaced, re-guarded, then put back (as monkeypatch undoes): one layer, and uninstall() leaves it bare."""
     selfguard.install()
     ours = vars(socket.socket)["connect"]
     socket.socket.connect = _socket.socket.connect  # someone's replacement (a saved bare method)

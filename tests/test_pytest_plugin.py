@@ -258,3 +258,33 @@ def test_a_plugin_that_puts_back_a_saved_connect_leaves_every_test_guarded(pytes
     pytester.makepyfile(save_and_restore=SAVE_AND_RESTORE, test_it=EVERY_TEST_GUARDED.format(port=free_port()))
     result = pytester.runpytest_subprocess("--selfguard", *options, timeout=120)
     result.assert_outcomes(passed=3)
+
+
+MONKEYPATCHED_CONNECT = """
+import _socket, socket, pytest, selfguard
+
+calls = []
+
+@pytest.fixture
+def recorded(monkeypatch):
+    def connect(self, address):
+        calls.append(address)
+        return _socket.socket.connect(self, address)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+def test_their_replacement_is_called(recorded):
+    assert 0 != socket.socket().connect_ex(("127.0.0.1", 1))  # connect_ex: untouched
+    with pytest.raises(ConnectionRefusedError):
+        socket.socket().connect(("127.0.0.1", 1))
+    assert [("127.0.0.1", 1)] == calls
+
+def test_afterwards_one_layer_of_guard_again():
+    connect = vars(socket.socket)["connect"]
+    assert ("active", True) == (selfguard.status(), connect.__wrapped__ is _socket.socket.connect)
+"""
+
+
+def test_a_test_that_monkeypatches_connect_gets_its_replacement_and_the_guard_comes_back_once(pytester):
+    """A fixture's monkeypatch of connect is called (through the guard); its undo leaves one layer of guard."""
+    pytester.makepyfile(MONKEYPATCHED_CONNECT)
+    pytester.runpytest_subprocess("--selfguard", "-p", "no:socket", timeout=120).assert_outcomes(passed=2)
