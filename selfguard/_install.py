@@ -244,6 +244,11 @@ def is_installed() -> bool:
     return status() in ("active", "armed")
 
 
+def guard_is_on() -> bool:
+    """Tell whether install() is in force, whatever sits on the classes now; the sitecustomize's stand-ins ask it."""
+    return _state.state.options is not None
+
+
 def displaced() -> str | None:
     """The first method (as "module.Class.name") where a call would miss the guard's wrapper, or None.
 

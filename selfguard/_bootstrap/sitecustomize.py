@@ -134,12 +134,10 @@ def _selfguard_install(installer: "Any") -> bool:
                 except Exception as exc:
                     _selfguard_report(exc)
                 selfguard_forget()  # whatever happened, the stand-ins are done
-            if installer.is_installed() is True:
-                return True
-            # Displaced (a saved bare method put back on the class): the guard
-            # is on, and a call that still comes through a stand-in is guarded.
-            status = getattr(installer, "status", None)
-            return status is not None and status() == "displaced"
+            # Whether the guard is on, whatever sits on the class now: a call
+            # that comes through a stand-in (kept, or put back) is guarded then.
+            guard_is_on = getattr(installer, "guard_is_on", None)  # an older selfguard has only is_installed()
+            return (guard_is_on() if guard_is_on is not None else installer.is_installed()) is True
     except Exception as exc:  # a selfguard of another version than this file: the connect goes on without it
         with _selfguard_lock:
             if not _selfguard_settled:
