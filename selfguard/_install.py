@@ -205,6 +205,7 @@ def guard_for(original: Any, name: str) -> Any:
     if guard is None:
         wrapper = _WRAPPERS[name] if name in _WRAPPERS else _loops.wrapper_for(name)
         guard = _guards_for[key] = _MethodWrapper(original, wrapper)
+        guard._self_before = _ABSENT  # never on a class, but every one of ours knows what it hid
     return guard
 
 
