@@ -169,3 +169,26 @@ def test_jedi_completes_socket_as_without_the_bootstrap():
     guarded, bare = under_sitecustomize(code), under_sitecustomize(code, SELFGUARD="0")
     assert (bare.stdout, "") == (guarded.stdout, guarded.stderr)
     assert all(int(count) > 100 for count in bare.stdout.split()), bare.stdout
+
+
+def test_a_loader_that_takes_no_attribute_still_gets_the_stand_ins():
+    """A finder whose loader has __slots__ loads socket: the bootstrap wraps that loader instead, and is armed."""
+    done = under_sitecustomize(
+        "import importlib.machinery, sys\n"
+        "class Slotted:\n"
+        "    __slots__ = ('real',)\n"
+        "    def __init__(self, real): self.real = real\n"
+        "    def create_module(self, spec): return None\n"
+        "    def exec_module(self, module): self.real.exec_module(module)\n"
+        "class Finder:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name != 'socket': return None\n"
+        "        spec = importlib.machinery.PathFinder.find_spec(name, path)\n"
+        "        spec.loader = Slotted(spec.loader)\n"
+        "        return spec\n"
+        "sys.meta_path.insert(1, Finder)\n"
+        "import socket, selfguard\n"
+        "print(type(socket.__loader__).__name__, selfguard.status())\n"
+    )
+    assert ("_SelfguardThenDefer armed", "") == (done.stdout.strip(), done.stderr)
