@@ -129,9 +129,11 @@ PARITY_CASES = {
         "print(inspect.getsource(socket.create_connection).splitlines()[0])\n"
     ),
     "the stand-ins' docs and errors before the first connect": (
-        "import socket\n"
+        "import inspect, socket\n"
         "for name in ('connect', 'connect_ex', 'bind', 'sendto', 'sendmsg'):\n"
         "    print(name, getattr(socket.socket, name).__doc__ == getattr(socket._socket.socket, name).__doc__)\n"
+        "    try:\n        print(inspect.signature(getattr(socket.socket, name)))\n"
+        "    except ValueError as exc:\n        print(exc)\n"
         "for call in (lambda: socket.socket.sendto(None, b'x', ('127.0.0.1', 9)),\n"
         "             lambda: socket.socket.connect(None, ('127.0.0.1', 1)),\n"
         "             lambda: socket.socket.bind(1, ('127.0.0.1', 0))):\n"

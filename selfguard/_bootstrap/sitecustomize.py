@@ -171,6 +171,7 @@ def _selfguard_stand_in(cls: type, name: str) -> object:
     # Where it is found, so that pickle finds it there, as it finds the stdlib's method.
     stand_in.__module__, stand_in.__qualname__ = cls.__module__, f"{cls.__qualname__}.{name}"
     stand_in.__doc__ = hidden.__doc__  # help(socket.socket.connect) reads as without the guard
+    stand_in.__wrapped__ = hidden  # type: ignore[attr-defined]  # so inspect.signature() answers as for the method
     return stand_in
 
 
