@@ -67,7 +67,7 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
             port = port_of(address)
             if not port:
                 return wrapped(address)
-        if not (state.low <= port <= state.high or in_range(port)):
+        if not (state.low <= port <= state.high or in_range(port, instance)):
             return wrapped(address)
         if timeout == 0.0:
             # Non-blocking: on Linux the connect returns EINPROGRESS and its

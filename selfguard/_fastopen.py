@@ -73,4 +73,4 @@ def _fast_open_port(sock: Any, flags: Any, address: Any) -> int:
     if kind(sock) != _SOCK_STREAM:
         return 0
     port = port_of(address)
-    return port if port and in_range(port) else 0
+    return port if port and in_range(port, sock) else 0
