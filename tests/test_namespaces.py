@@ -115,7 +115,8 @@ thread.start()
 thread.join()
 if case == "socket":  # made there, dialled from a thread in this namespace
     made["outcome"] = dial(made["sock"])
-with socket.create_server(("127.0.0.1", free_port(10000, 19999))) as server:  # outside this namespace's range: not checked
+# A port of this namespace outside its range: not checked.
+with socket.create_server(("127.0.0.1", free_port(10000, 19999))) as server:
     before = selfguard.stats()["checked"]
     socket.create_connection(server.getsockname(), timeout=5).close()
     outside = selfguard.stats()["checked"] - before
@@ -129,7 +130,8 @@ def narrow_namespace():
     name = f"selfguard-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        for command in (["ip", "link", "set", "lo", "up"], ["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 20001"]):
+        commands = (["ip", "link", "set", "lo", "up"], ["sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 20001"])
+        for command in commands:
             subprocess.run(["ip", "netns", "exec", name, *command], check=True)
         yield f"/var/run/netns/{name}"
     finally:
@@ -138,7 +140,7 @@ def narrow_namespace():
 
 @pytest.mark.parametrize("case", ["thread", "socket"])
 def test_a_socket_is_judged_by_the_range_of_its_own_namespace(narrow_namespace, case):
-    """A thread that setns()'d and dials at once, or a socket made there and dialled from here: the self-connect is caught."""
+    """A thread that setns()'d and dials at once, or a socket made there dialled from here: caught."""
     done = subprocess.run(
         [sys.executable, "-c", SOCKETS_OF_ANOTHER_NAMESPACE, narrow_namespace, case],
         capture_output=True,

@@ -142,7 +142,7 @@ def test_so_error_with_a_buffer_length_passes_real_errors_through(free_port):
     assert any(seen[0])
 
 
-class _ComparedSocket(socket.socket):
+class _ComparedSocket(socket.socket):  # noqa: PLW1641 (unhashable on purpose)
     """A socket class that defines __eq__, and so is unhashable (as some libraries' wrappers are)."""
 
     def __eq__(self, other: object) -> bool:
