@@ -10,6 +10,7 @@ someone patched on top of it. reset() puts everything back for tests.
 from __future__ import annotations
 
 import contextvars
+import errno
 import time
 import weakref
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 RANGE_REFRESH = 1.0
 _MAX_NAMESPACES = 64  # ranges of other namespaces kept; namespaces come and go, their cookies are never reused
 _monotonic = time.monotonic
+_ENOPROTOOPT = errno.ENOPROTOOPT
 
 
 class SocketSet:
@@ -206,27 +208,35 @@ def _remember_foreign(cookie: bytes, entry: tuple[int, int, float]) -> tuple[int
 def _refresh(now: float) -> None:
     """Read the range of the calling thread's namespace, and put it where that namespace's range goes."""
     try:
-        cookie = thread_netns_cookie()
-    except OSError:
-        cookie = b""  # before Linux 5.14: namespaces can't be told apart
-    try:
+        cookie = _thread_cookie()
         low, high = read_ephemeral_range()
-        known = True
     except Exception as exc:  # OSError, ValueError; EMFILE at the fd limit is transient
         _events.fault("reading the ephemeral port range", exc)
-        low, high, known = 1, 65535, False
+        # Every port is checked until the next read, a second from now, puts
+        # the range back: one fault, not a range of 1-65535 for good.
+        state.range_known = False
+        state.range_read_at = now
+        return
     if state.netns is None:
         state.netns = cookie
     if cookie != state.netns:
         _remember_foreign(cookie, (low, high, now))
         return
-    if known:
-        state.low, state.high = low, high
-    state.range_known = known
+    state.low, state.high = low, high
+    state.range_known = True
     # The time is stamped only once the range is in place: the read releases
     # the GIL, and other threads must not take a fresh stamp over an empty or
     # half-written range as "outside it" (they read the file themselves).
     state.range_read_at = now
+
+
+def _thread_cookie() -> bytes:
+    try:
+        return thread_netns_cookie()
+    except OSError as exc:
+        if exc.errno == _ENOPROTOOPT:
+            return b""  # before Linux 5.14: namespaces can't be told apart, the cache holds the thread's range
+        raise
 
 
 def remember(sockets: SocketSet, sock: Any) -> None:

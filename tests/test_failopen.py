@@ -114,3 +114,76 @@ def test_without_ctypes_the_guard_fails_open_and_counts_it(free_port):
     )
     assert "True 1" == done.stdout.strip(), done.stderr
     assert 1 == done.stderr.count("disconnecting a self-connected socket failed")
+
+
+def test_a_connect_during_interpreter_shutdown_behaves_as_the_stdlibs():
+    """A __del__ that connects at shutdown, with the cached range stale, gets the stdlib's outcome (no NameError)."""
+    script = r"""
+import os, socket, sys, time
+import selfguard
+from selfguard._kernel import read_ephemeral_range
+from selfguard.testing import free_port
+
+PORT = free_port(1024, read_ephemeral_range()[0] - 1)  # outside the range, nothing listening: refused
+
+class Late:
+    def __del__(self):
+        sock = socket.socket()
+        try:
+            outcome = sock.connect_ex(("127.0.0.1", PORT))
+        except BaseException as exc:
+            outcome = repr(exc)
+        finally:
+            sock.close()
+        os.write(1, f"{outcome}\n".encode())
+
+selfguard.install()
+with socket.socket() as first:  # the range is read now
+    first.connect_ex(("127.0.0.1", PORT))
+time.sleep(1.2)  # and is stale by the time of the shutdown
+late = Late()
+late.cycle = late  # collected by the collection at shutdown, once builtins.open is gone
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    assert str(errno.ECONNREFUSED) == done.stdout.strip(), done.stdout + done.stderr
+    assert "Exception ignored" not in done.stderr
+
+
+def test_one_failed_read_of_the_range_costs_one_fault_and_the_next_read_puts_it_back():
+    """EMFILE at the fd limit while the range is due: that connect is checked; a second later the range is back."""
+    script = r"""
+import json, os, resource, socket, time
+import selfguard
+from selfguard._kernel import read_ephemeral_range
+from selfguard.testing import free_port
+
+selfguard.install()
+server = socket.create_server(("127.0.0.1", free_port(1024, read_ephemeral_range()[0] - 1)))
+clients = [socket.socket() for _ in range(3)]
+clients[0].connect(server.getsockname())  # the range is read: a port outside it is not checked
+checked = [selfguard.stats()["checked"]]
+time.sleep(1.2)  # the range is due for a read
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+filler = []
+try:
+    while True:
+        filler.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+clients[1].connect(server.getsockname())  # the read fails (EMFILE): every port is checked
+checked.append(selfguard.stats()["checked"])
+for fd in filler:
+    os.close(fd)
+time.sleep(1.2)
+clients[2].connect(server.getsockname())  # the next read puts the range back
+checked.append(selfguard.stats()["checked"])
+print(json.dumps({"checked": checked, "faults": selfguard.stats()["faults"]}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    report = __import__("json").loads(done.stdout)
+    assert [0, 1, 1] == report["checked"]
+    assert 1 == report["faults"]
+    assert 1 == done.stderr.count("ephemeral port range"), done.stderr
