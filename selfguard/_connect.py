@@ -171,7 +171,7 @@ def _retry(
             elif _errno(found) != _EADDRNOTAVAIL:
                 return _fail(found)
     finally:
-        if deadline is not None and attempt > 1:
+        if timeout is not None and attempt > 1:
             try:
                 sock.settimeout(_same_timeout(sock, timeout))
             except OSError:
