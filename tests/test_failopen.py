@@ -91,29 +91,39 @@ def test_broken_logging_never_breaks_a_connect(forced, free_port):
         logger.removeHandler(handler)  # type: ignore[arg-type]
 
 
-def test_without_ctypes_the_guard_fails_open_and_counts_it(free_port):
-    """An interpreter without _ctypes cannot reset in place: the connect returns as the stdlib's, one fault counted."""
+def test_without_ctypes_the_socket_is_replaced_in_place_with_its_options(free_port):
+    """Without _ctypes a self-connect is reset all the same: a fresh socket on the same fd, options kept."""
     require_forcing()
     port = free_port()
     done = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys; sys.modules['_ctypes'] = None  # as if built without it\n"
-            "import socket, selfguard\n"
+            "import sys; sys.modules['_ctypes'] = None  # as if built without it (or a 3.12 subinterpreter)\n"
+            "import os, socket, selfguard\n"
             "from selfguard.testing import force_self_connect\n"
             "selfguard.install()\n"
-            "s = socket.socket(); force_self_connect(s, int(sys.argv[1]))\n"
-            "s.connect(('127.0.0.1', int(sys.argv[1])))\n"
-            "print(selfguard.is_self_connected(s), selfguard.stats()['faults'])\n",
+            "port = int(sys.argv[1])\n"
+            "s = socket.socket(); s.settimeout(3.5); fd = s.fileno()\n"
+            "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)\n"
+            "force_self_connect(s, port)\n"
+            "try:\n"
+            "    s.connect(('127.0.0.1', port))\n"
+            "except selfguard.SelfConnectError:\n"
+            "    print('SelfConnectError')\n"
+            "print(s.fileno() == fd, s.gettimeout(), os.get_blocking(fd),\n"
+            "      s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),\n"
+            "      s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))\n"
+            "socket.create_server(('127.0.0.1', port)).close()  # RST, not FIN: the port is free at once\n"
+            "print(selfguard.stats()['self_connects'], selfguard.stats()['faults'])\n",
             str(port),
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert "True 1" == done.stdout.strip(), done.stderr
-    assert 1 == done.stderr.count("disconnecting a self-connected socket failed")
+    assert ["SelfConnectError", "True 3.5 False 1 1", "3 0"] == done.stdout.split("\n")[:3], done.stderr
 
 
 def test_a_connect_during_interpreter_shutdown_behaves_as_the_stdlibs():
