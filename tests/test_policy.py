@@ -184,3 +184,14 @@ def test_an_unhashable_socket_bound_on_purpose_connects_to_itself(free_port):
         sock.connect(("127.0.0.1", port))
         assert selfguard.is_self_connected(sock)
         assert 0 == selfguard.stats()["self_connects"]
+
+
+def test_a_socket_bound_to_port_0_that_dials_its_own_port_is_reset():
+    """bind(("127.0.0.1", 0)) then a dial to that port: the kernel picked it, so it is reset (docs/limits.md)."""
+    selfguard.install()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        with pytest.raises(ConnectionRefusedError):  # the retry picks another port: nothing listens at this one
+            sock.connect(sock.getsockname())
+    assert 1 == selfguard.stats()["self_connects"]
