@@ -171,8 +171,8 @@ def _outside_the_cache(port: int, sock: Any) -> bool:
     if sock is not None and state.netns:
         try:
             cookie = netns_cookie(sock)
-        except OSError:
-            cookie = state.netns  # a closed socket: the connect fails anyway
+        except (OSError, AttributeError, TypeError):
+            cookie = state.netns  # a closed socket (the connect fails anyway), or a socket-like class that can't say
         if cookie != state.netns:
             return _in_foreign_range(port, cookie, now)
     if now - state.range_read_at > RANGE_REFRESH:
