@@ -14,6 +14,33 @@ from selfguard._kernel import read_ephemeral_range
 blockbuster = pytest.importorskip("blockbuster", reason="blockbuster is in the test extra")
 
 
+@pytest.fixture(autouse=True)
+def _undo_blockbusters_restore():
+    """Put the patched classes back as they were before the test.
+
+    blockbuster restores each method it wrapped with what getattr() gave it:
+    a method the class inherited comes back set on the class itself (and the
+    guard's wrapper comes back bound), which later tests would inherit.
+    """
+    import asyncio.selector_events
+
+    classes = [socket.socket, asyncio.selector_events.BaseSelectorEventLoop]
+    try:
+        import uvloop
+
+        classes.append(uvloop.Loop)
+    except ImportError:
+        pass
+    before = {cls: dict(vars(cls)) for cls in classes}
+    yield
+    for cls, attributes in before.items():
+        for name in set(vars(cls)) - set(attributes):
+            delattr(cls, name)
+        for name, value in attributes.items():
+            if vars(cls).get(name) is not value:
+                setattr(cls, name, value)
+
+
 def _loop_factories() -> list[object]:
     factories: list[object] = [asyncio.new_event_loop]
     try:
