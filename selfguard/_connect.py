@@ -69,8 +69,24 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
             port = port_of(address)
             if not port:
                 return wrapped(address)
-        if not (state.low <= port <= state.high or in_range(port, instance)):
-            return wrapped(address)
+        if not (state.low <= port <= state.high or in_range(port)):
+            # Outside the cached range: only a socket of another network
+            # namespace, whose range may hold the port, can still self-connect.
+            # Asking the socket costs a syscall, so a blocking connect asks
+            # only once it succeeded: a refused one (a reconnect loop) pays
+            # nothing. A non-blocking one asks first, to be checked at SO_ERROR.
+            if timeout == 0.0:
+                if not in_range(port, instance):
+                    return wrapped(address)
+            else:
+                result = wrapped(address)
+                if (returns_code and result != 0) or not in_range(port, instance):
+                    return result
+                local = self_connected(instance, port)
+                if local is None:
+                    return result
+                code = _retry(wrapped, instance, address, port, api, timeout, local)
+                return code if returns_code else None
         if timeout == 0.0:
             # Non-blocking: on Linux the connect returns EINPROGRESS and its
             # outcome is read later from SO_ERROR (checked there, or by the
