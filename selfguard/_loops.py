@@ -100,12 +100,12 @@ async def sock_connect(
                 # Cancelled (a timeout, a happy-eyeballs race lost) just as the
                 # connect completed: a self-connected socket closed as it is
                 # would keep the server's port in TIME_WAIT. Nobody will retry.
-                local = self_connected(sock, port) if in_range(port) else None
+                local = self_connected(sock, port) if in_range(port, sock) else None
                 if local is not None:
                     on_self_connect(sock, local, address, API, attempt, can_retry=False)
                 raise
             else:
-                if not in_range(port):
+                if not in_range(port, sock):
                     return None  # a kernel-picked port never equals one outside the range
                 local = self_connected(sock, port)
                 if local is None:
