@@ -124,4 +124,11 @@ async def sock_connect(
             attempt += 1
             retrying(API, address, attempt, reason)
     finally:
-        state.delegated.reset(token)
+        try:
+            state.delegated.reset(token)
+        except ValueError:
+            # Closed outside the task's context (coroutine.close() from
+            # elsewhere, or the garbage collector once a torn-down loop's task
+            # is dropped): the flag was set in the task's context, never in
+            # this one, so there is nothing here to undo.
+            pass
