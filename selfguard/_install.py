@@ -67,8 +67,8 @@ class _MethodWrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg,misc,unuse
 
 lock = _thread.RLock()
 # (class, name) -> (the FunctionWrapper we put there, what vars() held before).
-# socket.socket; gevent's socket class once its monkey-patching replaced
-# socket.socket after install(); the event loops' connecting methods.
+# socket.socket; gevent's socket class (once imported, monkey-patched or not);
+# the event loops' connecting methods.
 _patched: dict[tuple[type, str], tuple[Any, Any]] = {}
 _ABSENT: Any = object()
 
@@ -203,10 +203,14 @@ def guard_for(original: Any, name: str) -> Any:
     key = (original, name)
     guard = _guards_for.get(key)
     if guard is None:
-        wrapper = _WRAPPERS[name] if name in _WRAPPERS else _loops.wrapper_for(name)
-        guard = _guards_for[key] = _MethodWrapper(original, wrapper)
+        guard = _guards_for[key] = _MethodWrapper(original, wrapper_for(name))
         guard._self_before = _ABSENT  # never on a class, but every one of ours knows what it hid
     return guard
+
+
+def wrapper_for(name: str) -> Callable[..., Any]:
+    """The guard's wrapper for a method named *name*: a socket class's, or an event loop's."""
+    return _WRAPPERS[name] if name in _WRAPPERS else _loops.wrapper_for(name)
 
 
 def _after_fork_in_child() -> None:

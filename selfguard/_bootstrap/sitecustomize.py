@@ -32,10 +32,12 @@ if TYPE_CHECKING:
 
 # module -> (class, the methods that connect or bind). uvloop dials in C, so
 # its loop's own methods wait too; they are inherited from its compiled base,
-# as socket.socket's are from _socket.socket.
+# as socket.socket's are from _socket.socket. gevent's socket class connects
+# through a _socket.socket of its own, never through socket.socket's methods.
 _SELFGUARD_DEFERRED = {
     "socket": ("socket", ("connect", "connect_ex", "bind", "sendto", "sendmsg")),
     "uvloop": ("Loop", ("create_connection", "sock_connect")),
+    "gevent._socket3": ("socket", ("connect", "connect_ex", "bind", "sendto", "sendmsg")),
 }
 _selfguard_lock = _thread.RLock()  # guards the list below; always taken last (after selfguard's own lock)
 _selfguard_stand_ins: "list[tuple[type, str]]" = []  # where stand-ins sit
