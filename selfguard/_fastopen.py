@@ -46,15 +46,17 @@ def make_send_wrapper(api: str) -> Callable[..., Any]:
             return wrapped(*args)
         address = args[address_at]
         attempt = 1
+        # Marked first: a non-blocking one raises EINPROGRESS here and is checked
+        # by the SO_ERROR read that completes it.
+        state.pending.add(instance)
         while True:
-            if attempt == 1:
+            try:
                 result = wrapped(*args)  # a refused connect raises here, as the stdlib's
-            else:
-                try:
-                    result = wrapped(*args)
-                except OSError as exc:
-                    retried(api, address, attempt, True, exc)
-                    raise
+            except OSError as exc:
+                if attempt > 1:
+                    retried(api, address, attempt, True, exc)  # a retry ended it: its one log line
+                raise
+            state.pending.discard(instance)
             local = self_connected(instance, port)
             if local is None:
                 if attempt > 1:
@@ -82,4 +84,4 @@ def _fast_open_port(sock: Any, flags: Any, address: Any) -> int:
     if kind(sock) != _SOCK_STREAM:
         return 0
     port = port_of(address)
-    return port if port and in_range(port) else 0
+    return port if port and in_range(port, sock) else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
 
 import pytest
@@ -89,6 +90,52 @@ def pytest_configure(config: pytest.Config) -> None:
     _installed_here = not selfguard.is_installed() and selfguard.install()
 
 
+# Around each test, a guard that is on has its wrappers put back wherever they were
+# displaced: pytest-socket (and any plugin like it) saves socket.socket.connect
+# when it is imported -- before this plugin installs at configure time -- and
+# puts that bare method back at every test's teardown. Each point below comes
+# after other plugins' changes of the phase before: the setup (tryfirst:
+# before fixtures), each fixture's setup (after other plugins' setup hooks),
+# the call, and what is left of the teardown once a fixture's finalizers ran.
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _guard_if_marked(item)
+    _reassert(item.config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> None:
+    _reassert(request.config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    _reassert(item.config)
+
+
+def pytest_fixture_post_finalizer(fixturedef: Any, request: pytest.FixtureRequest) -> None:
+    _reassert(request.config)
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Iterator[None]:
+    global _undo_marker
+    yield  # every plugin's teardown ran, and the fixtures' finalizers, under a marked test's guard
+    undo, _undo_marker = _undo_marker, None
+    if undo is not None:
+        undo()
+    _reassert(item.config)
+
+
+def _reassert(config: pytest.Config) -> None:
+    # Whoever installed the guard (--selfguard, a sitecustomize, a conftest),
+    # it stays in place; selfguard is not imported for it in sessions without it.
+    if "selfguard._install" in sys.modules:
+        from selfguard import _install
+
+        _install.reassert()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _installed_here
     # Only a guard this plugin installed is removed: one installed before
@@ -110,7 +157,7 @@ def pytest_report_header(config: pytest.Config) -> Optional[str]:
     return "selfguard: requested, but not installed (SELFGUARD is off in the environment)"
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
+def _guard_if_marked(item: pytest.Item) -> None:
     """Guard a test marked `selfguard` (with its options) from its fixtures' set-up to their teardown."""
     global _undo_marker, _marker_ran
     marker = item.get_closest_marker("selfguard")
@@ -136,15 +183,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         _undo_marker = selfguard.install
     else:
         _undo_marker = functools.partial(selfguard.install, **before._asdict())
-
-
-@pytest.hookimpl(hookwrapper=True, trylast=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Iterator[None]:
-    global _undo_marker
-    yield  # the test's fixtures are torn down (and may connect) under its guard
-    undo, _undo_marker = _undo_marker, None
-    if undo is not None:
-        undo()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -195,7 +233,10 @@ def selfguard_events() -> Iterator[list[Event]]:
     def record(event: Event) -> None:
         events.append(event)
 
-    installed_here = not selfguard.is_installed() and selfguard.install()
+    from selfguard import _install
+
+    installed_here = "off" == selfguard.status() and selfguard.install()
+    _install.reassert()  # displaced: installed, with its options; only the wrappers go back
     if not selfguard.is_installed():
         pytest.skip("selfguard is switched off in the environment (SELFGUARD=0): there are no events to record")
     selfguard.add_listener(record)
