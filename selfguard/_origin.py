@@ -99,8 +99,7 @@ def reinstall_command(found: Optional[Origin] = None) -> str:
     if found.kind == "archive" and found.where.endswith(".whl"):
         # A wheel is installed as built: a new one must carry the library.
         return (
-            f"build a wheel that carries it where a C compiler is (python -m build, in a clone), then "
-            f"{again} THAT.whl"
+            f"build a wheel that carries it where a C compiler is (python -m build, in a clone), then {again} THAT.whl"
         )
     if found.kind == "source":
         return f"{pip()} install {shlex.quote(found.where)}  (or build it in place: python setup.py build_ext -i)"

@@ -20,11 +20,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_native_build import source_copy
+from test_native_clients import ATTEMPTS, CURL_LOOP, PORT, check, curl_outcome
 
 from helpers import clean_environ, require
 from native_helpers import SOURCES, in_namespace, require_namespaces
-from test_native_build import source_copy
-from test_native_clients import ATTEMPTS, CURL_LOOP, PORT, check, curl_outcome
 
 LIBRARY = "selfguard/_preload/libselfguard_preload.so"
 OTHER_PYTHONS = ["/root/.pyenv/versions/3.9.18/bin/python3.9", "/root/.pyenv/versions/3.13.0/bin/python3.13"]
@@ -96,12 +96,12 @@ def test_the_wheel_fits_every_cpython_with_glibc_2_17_and_carries_the_library(di
     with zipfile.ZipFile(wheel) as archive:
         assert LIBRARY in archive.namelist()
         assert "Root-Is-Purelib: false" in archive.read(f"{wheel.name.split('-py3')[0]}.dist-info/WHEEL").decode()
-    require(shutil.which("auditwheel") is not None or Path(sys.executable).with_name("auditwheel").exists(), "auditwheel")
     shown = subprocess.run(
         [sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True, timeout=120
     )
     assert 0 == shown.returncode, shown.stderr
-    assert re.search(r'consistent with the following platform tag:\s+"manylinux_2_17_x86_64"', shown.stdout), shown.stdout
+    consistent = r'consistent with the following platform tag:\s+"manylinux_2_17_x86_64"'
+    assert re.search(consistent, shown.stdout), shown.stdout
 
 
 def test_from_the_wheel_without_a_compiler_native_guards_curl(dist: Path, tmp_path: Path):
@@ -141,19 +141,16 @@ def test_from_the_sdist_without_a_compiler_native_warns_and_runs(dist: Path, tmp
     assert re.search(r"filename=selfguard-[^ ]+-py3-none-any\.whl", said), said
     selfguard = str(venv / "bin" / "selfguard")
     env = clean_environ(PATH=no_compiler_path(tmp_path, venv, "sh", "curl"))
-    done = subprocess.run(
-        [selfguard, "run", "--native", "--", "sh", "-c", "echo ran"], env=env, capture_output=True, text=True, timeout=60
-    )
+    argv = ["sh", "-c", "echo ran"]
+    done = subprocess.run([selfguard, "run", "--native", "--", *argv], env=env, capture_output=True, text=True)
     assert ("ran\n", 0) == (done.stdout, done.returncode), done.stderr
     assert done.stderr.startswith("selfguard run: WARNING: --native: running sh WITHOUT the native guard")
     assert "its build failed" in done.stderr and "No C compiler is here" in done.stderr, done.stderr
     assert f"{venv}/bin/python -m pip install --force-reinstall --no-deps --no-cache-dir" in done.stderr
     assert 1 == len(done.stderr.splitlines())
-    strict = subprocess.run(
-        [selfguard, "run", "--require-native", "--", "sh", "-c", "echo ran"], env=env, capture_output=True, text=True
-    )
-    assert ("", 3) == (strict.stdout, strict.returncode)
-    assert strict.stderr.startswith("selfguard run: --require-native: not running sh: the native guard is not in")
+    strict = subprocess.run([selfguard, "run", "--require-native", "--", *argv], env=env, capture_output=True)
+    assert (b"", 3) == (strict.stdout, strict.returncode)
+    assert strict.stderr.startswith(b"selfguard run: --require-native: not running sh: the native guard is not in")
 
 
 def test_selfguard_require_native_makes_a_missing_compiler_a_build_error(dist: Path, tmp_path: Path):
@@ -168,7 +165,8 @@ def test_selfguard_require_native_makes_a_missing_compiler_a_build_error(dist: P
         timeout=600,
     )
     assert 0 != done.returncode
-    assert "SELFGUARD_REQUIRE_NATIVE is set, and selfguard's native guard could not be built" in done.stdout + done.stderr
+    said = "SELFGUARD_REQUIRE_NATIVE is set, and selfguard's native guard could not be built"
+    assert said in done.stdout + done.stderr
 
 
 def test_an_aarch64_wheel_cross_built_here_is_manylinux_and_guards_under_qemu(tmp_path: Path):
@@ -196,3 +194,43 @@ def test_an_aarch64_wheel_cross_built_here_is_manylinux_and_guards_under_qemu(tm
     print(f"aarch64 under qemu: unguarded {seen[0]}, server {unguarded['server']}; guarded {seen[1]}")
     assert seen[0]["own_bytes"] >= 1 and "errno 98" == unguarded["server"]
     assert (0, 20) == (seen[1]["own_bytes"], seen[1]["refused"]) and "bound" == guarded["server"]
+
+
+WITHOUT_PROMETHEUS = (
+    "import sys\n"
+    "sys.modules['prometheus_client'] = None  # as if not installed\n"
+    "try:\n    from selfguard.contrib import prometheus\n"
+    "except ModuleNotFoundError as exc:\n    print(str(exc).split(': ', 1)[1])\n"
+)
+ORIGIN = "from selfguard import _origin\nprint(_origin.origin().describe())\nprint(_origin.reinstall_command())"
+
+
+def test_fix_it_hints_say_what_works_from_where_selfguard_was_installed(dist: Path, tmp_path: Path):
+    """From a wheel file, `pip install 'selfguard[prometheus]'` would look for a published selfguard: the hint
+    names prometheus_client instead, and running it works. From an index (no direct_url.json), the extra itself."""
+    wheel = the("*.whl", dist)
+    venv, _ = venv_with(tmp_path, wheel)
+    python = str(venv / "bin" / "python")
+
+    def ask(code: str) -> list[str]:
+        done = subprocess.run([python, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert 0 == done.returncode, done.stderr
+        return done.stdout.splitlines()
+
+    hint = ask(WITHOUT_PROMETHEUS)[0]
+    assert f"{python} -m pip install 'prometheus_client>=0.12'" == hint
+    described, reinstall = ask(ORIGIN)
+    assert f"from the file {wheel}" == described
+    assert reinstall.startswith("build a wheel that carries it") and "--no-cache-dir THAT.whl" in reinstall
+    done = subprocess.run(["sh", "-c", hint], capture_output=True, text=True, timeout=300)  # the hint, as given
+    assert 0 == done.returncode, done.stderr
+    ask("from selfguard.contrib import prometheus")
+    # An index install: pip records no direct_url.json.
+    (direct_url,) = (venv / "lib").glob("python3.*/site-packages/selfguard-*.dist-info/direct_url.json")
+    direct_url.unlink()
+    assert [f"{python} -m pip install 'selfguard[prometheus]'"] == ask(WITHOUT_PROMETHEUS)
+    described, reinstall = ask(ORIGIN)
+    assert "from a package index" == described
+    assert re.fullmatch(
+        rf"{re.escape(python)} -m pip install --force-reinstall --no-deps --no-cache-dir selfguard==\S+", reinstall
+    )
