@@ -106,6 +106,19 @@ def reinstall_command(found: Optional[Origin] = None) -> str:
     return f"{again} {shlex.quote(found.where)}"
 
 
+def install_command(python: str) -> str:
+    """The command that installs this selfguard, from where it came from, for the interpreter *python*."""
+    found = origin()
+    pip = f"{shlex.quote(python)} -m pip install"
+    if found.kind == "index":
+        from ._version import __version__
+
+        return f"{pip} {shlex.quote(f'{NAME}=={__version__}')}"
+    if found.kind in ("editable", "directory", "source", "archive"):
+        return f"{pip} {shlex.quote(found.where)}"
+    return f"{pip} {shlex.quote(found.where)}"
+
+
 def extra_command(extra: str) -> str:
     """The command that adds what selfguard[EXTRA] brings, from where selfguard was installed.
 
