@@ -137,9 +137,10 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"  {_describe(p)}: {p['reason']}" for p in safe]
     if quiet:
         lines.append(f"  ({count(quiet)} other listening port(s) lie outside the ephemeral range: safe)")
-    for pid, active in report.get("native_guard", {}).items():
-        state = "active" if active else "not active (not preloaded, SELFGUARD=0, or no such process)"
-        lines.append(f"Native guard in process {pid}: {state}")
+    if report.get("processes"):
+        from ._process import describe
+
+        lines += [describe(found) for found in report["processes"]]
     if "apply" in report:
         lines += ["", *render_apply(report["apply"], SYSCTL_FILE)]
     elif risky:
@@ -209,7 +210,10 @@ def register(commands: Commands) -> None:
         action="append",
         default=[],
         metavar="PID",
-        help="also tell whether the native guard (selfguard run --native) is active in process PID (repeatable)",
+        help=(
+            "also tell whether process PID is guarded, and by which guard (the Python guard, the native guard of "
+            "selfguard run --native), or that there is no such process (repeatable)"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     parser.add_argument("--apply", action="store_true", help=f"reserve the ports at risk in {SYSCTL} (root)")
@@ -235,9 +239,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = examine(args.port)
         if args.pid:
-            from . import _native
+            from . import _process
 
-            report["native_guard"] = {str(pid): _native.active_in(pid) for pid in args.pid}
+            report["processes"] = [_process.examine(pid) for pid in args.pid]
+            # Kept for scripts written before "processes": whether the native guard is active.
+            report["native_guard"] = {str(found["pid"]): bool(found["native"]) for found in report["processes"]}
         if args.apply or args.dry_run:
             checked = [p["port"] for p in report["ports"] if p["in_range"]]
             changes = plan(report["at_risk"], checked, args.persist)

@@ -13,7 +13,7 @@ import contextvars
 import time
 import weakref
 
-from . import _events
+from . import _events, _marker
 from ._kernel import read_ephemeral_range
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -57,8 +57,15 @@ state = _State()
 
 
 def set_options(options: Optional[Options]) -> None:
-    """Put *options* in force (None: the guard is off). Called by install() and uninstall() only."""
+    """Put *options* in force (None: the guard is off). Called by install() and uninstall() only.
+
+    Other processes see the change too (`selfguard doctor --pid`): see _marker.
+    """
     state.options = options
+    if options is None:
+        _marker.unmark()
+    else:
+        _marker.mark(options.mode)
 
 
 def in_range(port: int) -> bool:
