@@ -55,6 +55,7 @@ class BuildPreload(build_ext):  # type: ignore[misc]
     def build_extension(self, ext: Extension) -> None:
         if ext.name != PRELOAD:
             return super().build_extension(ext)
+        self.force = True  # one small file: never link objects of an earlier build for another CC or machine
         note = os.path.join(self.build_lib, NOT_BUILT)
         for stale in (note, self.get_ext_fullpath(ext.name)):  # from an earlier build in the same directory
             if os.path.exists(stale):

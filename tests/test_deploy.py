@@ -161,3 +161,12 @@ def test_it_refuses_what_would_not_work_or_would_overwrite(tmp_path: Path):
         assert 3 == done.returncode and "selfguard needs 3.9 or later" in done.stderr
     missing = deploy("status", "--python", str(tmp_path / "no-such-python"))
     assert 3 == missing.returncode and "cannot ask" in missing.stderr
+
+
+def test_selfguard_run_with_an_interpreter_without_selfguard_still_says_so(tmp_path: Path):
+    """The packaged copy (selfguard run's) is not a copy left behind: the wrong interpreter is reported."""
+    from selfguard._run import BOOTSTRAP
+
+    env = venv(tmp_path, with_selfguard=False)
+    ran = python_in(env, "import socket; socket.socket().connect_ex(('127.0.0.1', 1))", PYTHONPATH=BOOTSTRAP)
+    assert "selfguard: not active in this process: ModuleNotFoundError: No module named 'selfguard'\n" == ran.stderr

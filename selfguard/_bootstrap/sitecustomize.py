@@ -56,14 +56,17 @@ def _selfguard_report(exc: BaseException) -> None:
 
 
 def _selfguard_uninstalled(exc: BaseException) -> bool:
-    """Is selfguard itself gone (pip uninstall) while this file stayed, and nobody asked for the guard by name?
+    """Is selfguard itself gone (pip uninstall) while this deployed copy stayed, and nobody asked for the guard?
 
     Then every process would print a line at its first connect about a package the
     operator removed on purpose: it stays quiet. SELFGUARD=1 (true, on, yes) says the
-    guard is wanted here, and then its absence is reported. A selfguard that is
-    there but broken (wrapt missing, say) is always reported.
+    guard is wanted here, and then its absence is reported. Always reported: a
+    selfguard there but broken (wrapt missing, say), and the copy inside selfguard's
+    own package (`selfguard run`), which exists, so this interpreter is the wrong one.
     """
     if not (isinstance(exc, ModuleNotFoundError) and exc.name == "selfguard"):
+        return False
+    if os.path.basename(os.path.dirname(os.path.abspath(__file__))) == "_bootstrap":
         return False
     wanted = os.environ.get("SELFGUARD", "").strip(" \t\n\r\f\v\x1c\x1d\x1e\x1f").lower()
     return wanted not in ("1", "true", "on", "yes")
