@@ -21,7 +21,7 @@ exit statuses.
 
 exit status (every command but run, which passes CMD's own on):
   0  done: nothing at risk, or shown
-  {EXIT_FOUND}  found: a port at risk (doctor), not shown (repro)
+  {EXIT_FOUND}  found: a port at risk (doctor), not shown (repro), not deployed (sitecustomize status)
   {EXIT_USAGE}  usage error: a bad command line
   {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write a sysctl"""
 

@@ -69,9 +69,9 @@ exit status:
   {EXIT_OK}  installed, removed; status: deployed, and the interpreter runs it
   {EXIT_FOUND}  status: not deployed, or deployed but not run (says why)
   {EXIT_USAGE}  usage error
-  {EXIT_CANNOT_RUN}  could not: PY does not run, is older than 3.9, has no selfguard (install
-     it there first, or --force), a sitecustomize.py in DIR is not selfguard's,
-     or no right to write"""
+  {EXIT_CANNOT_RUN}  could not run: PY does not run, is older than 3.9, has no selfguard
+     (install it there first, or --force), a sitecustomize.py in DIR is not
+     selfguard's, or no right to write"""
 
 
 @dataclass
