@@ -65,7 +65,7 @@ def missing_reason() -> str:
     candidates = [os.environ.get("CC", "").split(" ")[0], "cc", "gcc", "clang"]
     compiler = next((path for path in map(shutil.which, filter(None, candidates)) if path), None)
     if found.kind == "archive" and found.where.endswith(".whl"):
-        return f"{said}. {reinstall[:1].upper()}{reinstall[1:]}"
+        return f"{said}. To get it, {reinstall}"  # a wheel installs as it was built
     if compiler is None:
         return (
             f"{said}. No C compiler is here (cc, gcc or clang): install one (Debian, Ubuntu: apt-get install gcc; "
