@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import wrapt
+from test_old_interpreters import old_python
 
 import selfguard
 from selfguard import _deploy
@@ -155,8 +156,8 @@ def test_it_refuses_what_would_not_work_or_would_overwrite(tmp_path: Path):
     assert 3 == deploy("remove", "--python", python, "--dir", str(directory)).returncode
     assert (directory / "sitecustomize.py").exists()
 
-    old = "/root/.pyenv/versions/3.8.18/bin/python3.8"
-    if os.path.exists(old):
+    old = old_python("3.8")
+    if old is not None:
         done = deploy("install", "--python", old, "--dir", str(tmp_path / "old"), "--force")
         assert 3 == done.returncode and "selfguard needs 3.9 or later" in done.stderr
     missing = deploy("status", "--python", str(tmp_path / "no-such-python"))

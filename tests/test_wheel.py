@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 from test_native_build import source_copy
 from test_native_clients import ATTEMPTS, CURL_LOOP, PORT, check, curl_outcome
+from test_old_interpreters import old_python
 
 from helpers import clean_environ, require
 from native_helpers import SOURCES, in_namespace, require_namespaces
 
 LIBRARY = "selfguard/_preload/libselfguard_preload.so"
-OTHER_PYTHONS = ["/root/.pyenv/versions/3.9.18/bin/python3.9", "/root/.pyenv/versions/3.13.0/bin/python3.13"]
+OTHER_PYTHONS = ["3.9", "3.13"]  # the oldest supported, and the newest here
 
 
 def build(src: Path, out: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -119,10 +120,12 @@ def test_from_the_wheel_without_a_compiler_native_guards_curl(dist: Path, tmp_pa
     check("curl, from the wheel", curl_outcome(unguarded), curl_outcome(guarded), native)
 
 
-@pytest.mark.parametrize("python", OTHER_PYTHONS, ids=lambda p: Path(p).name)
-def test_the_same_wheel_installs_on_other_pythons(dist: Path, tmp_path: Path, python: str):
+@pytest.mark.parametrize("version", OTHER_PYTHONS)
+def test_the_same_wheel_installs_on_other_pythons(dist: Path, tmp_path: Path, version: str):
     """One wheel for every CPython >= 3.9: the oldest and the newest here install it and preload its library."""
-    require(os.path.exists(python), f"needs {python}")
+    python = old_python(version)
+    require(python is not None, f"no Python {version} interpreter (python{version} on PATH, or pyenv's)")
+    assert python is not None
     venv, _ = venv_with(tmp_path, the("*.whl", dist), python=python)
     done = subprocess.run(
         [str(venv / "bin" / "selfguard"), "run", "--require-native", "--", "sh", "-c", 'echo "$LD_PRELOAD"'],
