@@ -220,10 +220,11 @@ def remove(target: Target) -> int:
                 if name.startswith("sitecustomize.") and name.endswith(".pyc"):
                     os.remove(os.path.join(cache, name))
                     removed.append(os.path.join(cache, name))
+        # Our own directory goes, if empty; of a --dir, only the __pycache__ py_compile made.
+        for folder in (cache,) if target.directory else (cache, os.path.dirname(target.file)):
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
         if not target.directory:
-            for folder in (cache, os.path.dirname(target.file)):
-                if os.path.isdir(folder) and not os.listdir(folder):
-                    os.rmdir(folder)
             _edit_record(target, add=False)
     except OSError as exc:
         raise CannotRun(f"cannot remove the bootstrap: {exc}") from exc
