@@ -185,6 +185,16 @@ def test_an_aarch64_wheel_cross_built_here_is_manylinux_and_guards_under_qemu(tm
     assert wheel.name.endswith("-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.whl")
     shown = subprocess.run([sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True)
     assert '"manylinux_2_17_aarch64"' in shown.stdout, shown.stdout + shown.stderr
+    # pip on an aarch64 host with Python 3.9 and pip's oldest manylinux2014 support would install it:
+    target = tmp_path / "aarch64-site"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:",
+         "--platform", "manylinux2014_aarch64", "--python-version", "3.9", "--implementation", "cp",
+         "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert 0 == done.returncode, done.stderr
+    assert (target / LIBRARY).is_file()
     with zipfile.ZipFile(wheel) as archive:
         archive.extract(LIBRARY, tmp_path)
     client = tmp_path / "client-aarch64"
