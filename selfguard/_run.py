@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # turn, runs any sitecustomize it hides).
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
 
-USAGE = "selfguard run [-h] [--native | --require-native] [--] CMD [ARGS...]"
+USAGE = "selfguard run [-h] [--native | --require-native] [--strict] [--] CMD [ARGS...]"
 WRITE_IT = "selfguard run -- CMD [ARGS...]"
 
 DESCRIPTION = f"""\
@@ -34,8 +34,8 @@ with '-'.
 exit status:
   CMD's own
   {EXIT_USAGE}    usage error: no CMD, or an option before it (`selfguard run -x`)
-  {EXIT_CANNOT_RUN}    --require-native, but the native guard cannot be used here (says what is
-       missing; plain --native warns and runs CMD without it)
+  {EXIT_CANNOT_RUN}    --require-native (or --native --strict), but the native guard cannot be used
+       here (says what is missing; plain --native warns and runs CMD without it)
   126  CMD cannot be executed
   127  CMD not found (looked up on PATH)"""
 
@@ -73,6 +73,15 @@ def register(commands: Commands) -> None:
         ),
     )
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=(
+            "refuse to run unguarded: a Python interpreter of CMD's tree that lacks selfguard (or is older than "
+            "3.9) exits with status 3 before running anything, instead of running unguarded with a warning "
+            "(sets SELFGUARD_REQUIRE=1); with --native, a missing native guard refuses too (as --require-native)"
+        ),
+    )
+    parser.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]", help="the command to run, with its arguments"
     )
 
@@ -80,7 +89,12 @@ def register(commands: Commands) -> None:
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not command:
             parser.error(f"nothing to run: {WRITE_IT}")
-        return run(command, native=args.native or args.require_native, require_native=args.require_native)
+        return run(
+            command,
+            native=args.native or args.require_native,
+            strict=args.strict,
+            require_native=args.require_native,
+        )
 
     parser.set_defaults(func=handle)
 
@@ -95,20 +109,24 @@ def environment(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run(command: list[str], native: bool = False, require_native: bool = False) -> int:
+def run(command: list[str], native: bool = False, strict: bool = False, require_native: bool = False) -> int:
     """Replace this process with the command: its exit status, signals and stdio are the command's own.
 
     Without the native guard, --native fails open as the rest of selfguard does: a
     service must not stay down because a guard is missing. It says so loudly, and
-    --require-native (for whoever would rather not start unguarded) refuses instead.
+    --require-native or --strict (for whoever would rather not start unguarded)
+    refuses instead.
     """
     env = environment(dict(os.environ))
+    if strict:
+        env["SELFGUARD_REQUIRE"] = "1"  # read by the sitecustomize of every Python interpreter below
     if native:
         try:
             env = _native.environment(env)
         except _native.Unavailable as exc:
-            if require_native:
-                print(f"selfguard run: --require-native: not running {command[0]}: {exc}", file=sys.stderr)
+            if require_native or strict:
+                flag = "--require-native" if require_native else "--strict"
+                print(f"selfguard run: {flag}: not running {command[0]}: {exc}", file=sys.stderr)
                 return EXIT_CANNOT_RUN
             print(
                 f"selfguard run: WARNING: --native: running {command[0]} WITHOUT the native guard: connects made in C "
