@@ -23,7 +23,7 @@ DOCS = [ROOT / "README.md", ROOT / "sitecustomize_example" / "README.md", *sorte
 
 # Long options that docs name on their own (outside a `selfguard ...` command) but that
 # belong to another tool. Anything else named so must be an option of selfguard or its plugin.
-OTHER_TOOLS_OPTIONS = {"--no-compile": "pip install"}
+OTHER_TOOLS_OPTIONS = {"--no-compile": "pip install", "--no-cache-dir": "pip install"}
 NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
 
 
@@ -57,10 +57,10 @@ def benchmark_options() -> set[str]:
 
 
 def variables() -> set[str]:
-    """SELFGUARD and every SELFGUARD_* the code reads: the options', and names written out in the package or the C."""
+    """SELFGUARD and every SELFGUARD_* the code reads: the options', names written in the package, setup.py, the C."""
     found = {"SELFGUARD", *(_config.env_name(option) for option in _config.Options._fields)}
     package = ROOT / "selfguard"
-    for path in package.rglob("*.py"):
+    for path in (*package.rglob("*.py"), ROOT / "setup.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and re.fullmatch(r"SELFGUARD_[A-Z_]+", str(node.value)):
                 found.add(node.value)
