@@ -258,7 +258,7 @@ def settled(api: str, address: Any, attempts: int, outcome: str, what: str, self
     """Log the one line for a connect the guard handled, once its outcome is known.
 
     *outcome* is a word a structured logger can group by ("gave_up",
-    "relented", "handed_back", "connected", "failed"); *what* says it to a
+    "relented", "handed_back", "connected", "failed", "in_progress"); *what* says it to a
     person. A connect that met a self-connect is a WARNING; one that only
     retried a spurious EADDRNOTAVAIL is a DEBUG line. The fields are also
     given as `extra=` (selfguard_api, selfguard_address, selfguard_attempts,

@@ -96,10 +96,13 @@ def retried(api: str, address: Any, attempt: int, self_connect: bool, result: An
     *self_connect*: whether an earlier attempt connected to itself (else
     every retry was for a spurious EADDRNOTAVAIL, which is logged at DEBUG).
     """
+    name = "" if result == 0 else _error_name(result)
     if result == 0:
         outcome, end = "connected", "connected"
+    elif name == "EINPROGRESS":  # a socket non-blocking below Python: checked when it completes
+        outcome, end = "in_progress", "is in progress, checked when it completes"
     else:
-        outcome, end = "failed", f"failed: {_error_name(result)}"
+        outcome, end = "failed", f"failed: {name}"
     if self_connect:
         what = f"connected to itself; reset and retried: attempt {attempt} {end}"
     else:
