@@ -35,7 +35,7 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import _doctor, _repro, _run
+    from . import _doctor, _repro, _run, _watch
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -48,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"selfguard {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=CommandParser)
-    for command in (_repro, _doctor, _run):
+    for command in (_repro, _doctor, _run, _watch):
         command.register(commands)
     args = parser.parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
     try:

@@ -1,0 +1,431 @@
+"""`selfguard watch`: report every TCP self-connect the kernel makes on this host, and what became of it.
+
+The kernel's `sock:inet_sock_set_state` event fires for every TCP state
+change in every network namespace. A filter in the kernel passes on only the
+transitions that are rare on a healthy host (see FILTER), so the watcher
+wakes for self-connects, aborted and failed connects, and nothing else: an
+ordinary connection that opens and closes costs it nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Optional, TextIO
+
+from . import _sockdiag, _tracefs
+from ._cli import EXIT_CANNOT_RUN, EXIT_OK, EXIT_USAGE, CannotRun, positive_count, positive_seconds
+from ._kernel import parse_port_list
+
+if TYPE_CHECKING:
+    from ._cli import Commands
+
+ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, CLOSE, CLOSING = 1, 2, 3, 4, 7, 11
+
+# SYN_SENT -> SYN_RECV is a simultaneous open: in practice only a socket meeting itself.
+# ESTABLISHED -> CLOSE is an abort (a guard's in-place reset, SO_LINGER 0, SOCK_DESTROY);
+# SYN_SENT -> CLOSE a failed connect (the guard's retry, refused); -> CLOSING a
+# simultaneous close, which is how a self-connected socket closed by its program ends.
+# Ordinary connections (SYN_SENT -> ESTABLISHED, FIN_WAIT1, TIME_WAIT...) never pass.
+FILTER = (
+    f"(oldstate == {SYN_SENT} && (newstate == {SYN_RECV} || newstate == {CLOSE}))"
+    f" || (oldstate == {ESTABLISHED} && newstate == {CLOSE}) || newstate == {CLOSING}"
+)
+
+# How long a guard gets to reset a self-connect in place before --reset ends it.
+GRACE = 0.005
+
+OUTCOMES = {
+    "caught": "a guard reset it in place and dialled again",
+    "reset": "reset at once with no new dial: a guard that gave up, or the program's own abortive close",
+    "closed": "reached the program, which closed it",
+    "open": "reached the program: still connected after --settle",
+    "ended": "ended by this watcher (--reset): the port is free",
+}
+
+# comm-tid (tgid) [cpu] flags timestamp: inet_sock_set_state: skaddr=0x... (...) oldstate=0x2 (2) ...
+LINE = re.compile(
+    r"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+\(\s*(?P<tgid>[-\d]+)\)\s+\[\d+\]\s+(?P<flags>\S+)\s+(?P<ts>[\d.]+):"
+    r" inet_sock_set_state: skaddr=0x(?P<sk>[0-9a-f]+) .*?oldstate=\S+ \((?P<old>\d+)\) newstate=\S+ \((?P<new>\d+)\)"
+    r" sport=\S+ \((?P<sport>\d+)\) dport=\S+ \((?P<dport>\d+)\) family=\S+ \((?P<family>\d+)\)"
+    r" protocol=\S+ \((?P<protocol>\d+)\) saddr=\S+ \((?P<saddr>-?\d+)\) daddr=\S+ \((?P<daddr>-?\d+)\)"
+)
+LOST = re.compile(r"CPU:\d+ \[LOST (\d+) EVENTS\]")
+
+DESCRIPTION = f"""\
+Report every TCP self-connect the kernel makes on this host, in every network
+namespace (containers too), whatever the program's language or linking: one
+line each, once its outcome is known, and a summary per program and port at
+the end. Needs root. It reads a private tracefs instance (nothing to install)
+and leaves the host's other tracing alone.
+
+outcomes:
+{chr(10).join(f"  {name:7} {text}" for name, text in OUTCOMES.items())}
+A guard that hands a self-connect back (relent, observe) looks to the kernel
+like no guard at all: it shows as closed or open.
+
+exit status:
+  {EXIT_OK}  stopped (Ctrl-C, SIGTERM, --duration or --count)
+  {EXIT_USAGE}  usage error
+  {EXIT_CANNOT_RUN}  could not run: not root, no tracefs, or no such kernel event (says what is missing)"""
+
+
+@dataclass
+class Episode:
+    """One self-connect: a socket that met itself, followed until its outcome is known."""
+
+    sk: str
+    seen: float  # time.monotonic() clock
+    pid: int
+    tid: int
+    comm: str
+    pid_sure: bool
+    family: int
+    address: Optional[str]
+    port: int
+    netns: Optional[int] = None
+    cgroup: Optional[str] = None
+    netns_fd: Optional[int] = None  # held for --reset: the namespace outlives a process that exits
+    aborted: Optional[float] = None  # when ESTABLISHED -> CLOSE was seen
+    reset_sent: bool = False
+    reset_due: Optional[float] = None
+    outcome: Optional[str] = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def _address(family: int, raw: int) -> Optional[str]:
+    if family == socket.AF_INET:
+        return socket.inet_ntoa((raw & 0xFFFFFFFF).to_bytes(4, "little"))
+    return None  # the event's IPv6 fields are not printed in this mode: looked up when it matters
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _netns(pid: int) -> Optional[int]:
+    try:
+        link = os.readlink(f"/proc/{pid}/ns/net")  # "net:[4026531840]"
+    except OSError:
+        return None
+    return int(link[link.index("[") + 1 : -1])
+
+
+def _tgid(tid: int) -> int:
+    # The trace prints dashes where it has no thread group id saved yet.
+    for line in (_read(f"/proc/{tid}/status") or "").splitlines():
+        if line.startswith("Tgid:"):
+            return int(line.split()[1])
+    return tid
+
+
+def _cgroup(pid: int) -> Optional[str]:
+    text = _read(f"/proc/{pid}/cgroup") or ""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+class Watcher:
+    """Follows self-connected sockets by their kernel address and decides each one's outcome."""
+
+    def __init__(self, out: TextIO, as_json: bool, settle: float, reset_ports: list[tuple[int, int]]) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.settle = settle
+        self.reset_ports = reset_ports
+        self.following: dict[str, Episode] = {}
+        self.reported = 0
+        self.lost = 0
+        self.summary: Counter[tuple[str, int, str]] = Counter()
+        self.clock_offset = time.time() - time.monotonic()
+        # Read at a process's first self-connect, while it still runs: the watcher may
+        # read the next ones after the process is gone.
+        self._namespaces: dict[int, Optional[int]] = {}
+        self._cgroups: dict[int, Optional[str]] = {}
+
+    def _netns(self, pid: int) -> Optional[int]:
+        if self._namespaces.get(pid) is None:
+            if len(self._namespaces) > 4096:
+                self._namespaces.clear()
+                self._cgroups.clear()
+            self._namespaces[pid] = _netns(pid)
+            self._cgroups[pid] = _cgroup(pid)
+        return self._namespaces[pid]
+
+    def feed(self, line: str) -> None:
+        match = LINE.match(line)
+        if match is None:
+            lost = LOST.search(line)
+            if lost:
+                self.lost += int(lost.group(1))
+            return
+        if int(match["protocol"]) != socket.IPPROTO_TCP:
+            return
+        sk, old, new = match["sk"], int(match["old"]), int(match["new"])
+        episode = self.following.get(sk)
+        if old == SYN_SENT and new == SYN_RECV:
+            if episode is not None:
+                # The same socket met itself again: its last self-connect was reset and dialled
+                # again. (Or the kernel gave a closed socket's memory to the next one: the
+                # event cannot tell, so "caught" and "reset" may trade a few between them.)
+                self._decide(episode, "caught" if episode.aborted is not None else "closed")
+            self._begin(match)
+        elif episode is None:
+            return
+        elif old == ESTABLISHED and new == CLOSE:
+            episode.aborted = float(match["ts"])
+            if episode.reset_sent:
+                self._decide(episode, "ended")
+        elif old == SYN_SENT and new == CLOSE and episode.aborted is not None:
+            self._decide(episode, "caught")  # the guard's retry on the same socket, refused
+        elif new == CLOSING:
+            self._decide(episode, "closed")
+
+    def _begin(self, match: re.Match[str]) -> None:
+        family, port = int(match["family"]), int(match["sport"])
+        if match["sport"] != match["dport"] or (family == socket.AF_INET and match["saddr"] != match["daddr"]):
+            return  # a true simultaneous open between two sockets: not a self-connect
+        tid = int(match["tid"])
+        pid = int(match["tgid"]) if match["tgid"].isdigit() else _tgid(tid)
+        comm = match["comm"].strip()
+        if comm in ("<...>", ""):
+            comm = (_read(f"/proc/{tid}/comm") or "?").strip()
+        # The flags' third column is "." in task context: the task is the one that was
+        # connecting. In a (soft)irq the pid is whoever the interrupt found running.
+        flags = match["flags"]
+        episode = Episode(
+            sk=match["sk"],
+            seen=float(match["ts"]),
+            pid=pid,
+            tid=tid,
+            comm=comm,
+            pid_sure=len(flags) > 2 and flags[2] == ".",
+            family=family,
+            address=_address(family, int(match["saddr"])),
+            port=port,
+            netns=self._netns(pid),
+            cgroup=self._cgroups.get(pid),
+        )
+        if any(low <= port <= high for low, high in self.reset_ports):
+            try:
+                episode.netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+            except OSError:
+                episode.detail["reset"] = "not tried: the process was gone before its namespace could be held"
+            else:
+                episode.reset_due = episode.seen + GRACE
+        self.following[episode.sk] = episode
+
+    def tick(self, now: float) -> None:
+        """Decide what time decides: --reset's turn, and sockets that stayed as they were for --settle."""
+        for episode in list(self.following.values()):
+            if episode.reset_due is not None and now >= episode.reset_due and episode.aborted is None:
+                episode.reset_due = None
+                self._reset(episode)
+            elif episode.aborted is not None and now - episode.aborted >= self.settle:
+                self._decide(episode, "reset")
+            elif episode.aborted is None and now - episode.seen >= self.settle:
+                self._decide(episode, "open")
+
+    def _reset(self, episode: Episode) -> None:
+        assert episode.netns_fd is not None
+        netns = f"/proc/self/fd/{episode.netns_fd}"
+        try:
+            low, high = _sockdiag.ephemeral_range(netns)
+            if not low <= episode.port <= high:
+                # The kernel never picks a port outside the range: this socket was bound on purpose.
+                episode.detail["reset"] = f"not done: port outside that namespace's ephemeral range {low}-{high}"
+                return
+            family = socket.AF_INET if episode.family == socket.AF_INET else socket.AF_INET6
+            found = [
+                f for f in _sockdiag.self_connected(netns, family, episode.port) if episode.address in (None, f.address)
+            ]
+            if not found:
+                episode.detail["reset"] = "not done: no longer connected"
+                return
+            episode.address = found[0].address
+            episode.reset_sent = True
+            failed = [code for code in (_sockdiag.destroy(netns, family, f) for f in found) if code]
+            if failed:
+                episode.reset_sent = False
+                episode.detail["reset"] = f"failed: {os.strerror(failed[0])}"
+        except OSError as exc:
+            episode.detail["reset"] = f"failed: {exc.strerror or exc}"
+
+    def _decide(self, episode: Episode, outcome: str) -> None:
+        self.following.pop(episode.sk, None)
+        if episode.netns_fd is not None:
+            os.close(episode.netns_fd)
+            episode.netns_fd = None
+        episode.outcome = outcome
+        self.reported += 1
+        self.summary[(episode.comm, episode.port, outcome)] += 1
+        self._print(episode)
+
+    def finish(self) -> None:
+        """Report what is still followed as it stands now, then the summary."""
+        for episode in list(self.following.values()):
+            self._decide(episode, "reset" if episode.aborted is not None else "open")
+        if self.as_json:
+            rows = [{"comm": c, "port": p, "outcome": o, "count": n} for (c, p, o), n in sorted(self.summary.items())]
+            print(
+                json.dumps({"summary": rows, "self_connects": self.reported, "lost_events": self.lost}), file=self.out
+            )
+        else:
+            print(f"{self.reported} self-connect(s) seen; lost events: {self.lost}", file=self.out)
+            for (comm, port, outcome), n in sorted(self.summary.items()):
+                print(f"  {n:6}  {comm:16} port {port:<5}  {outcome}", file=self.out)
+        self.out.flush()
+
+    def _print(self, episode: Episode) -> None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(episode.seen + self.clock_offset))
+        when += f".{int((episode.seen % 1) * 1000):03d}Z"
+        family = "ipv4" if episode.family == socket.AF_INET else "ipv6"
+        if self.as_json:
+            record = {
+                "time": when,
+                "pid": episode.pid,
+                "tid": episode.tid,
+                "comm": episode.comm,
+                "pid_sure": episode.pid_sure,
+                "netns": episode.netns,
+                "cgroup": episode.cgroup,
+                "family": family,
+                "address": episode.address,
+                "port": episode.port,
+                "outcome": episode.outcome,
+                **episode.detail,
+            }
+            print(json.dumps(record), file=self.out)
+        else:
+            where = episode.address if episode.family == socket.AF_INET else f"[{episode.address or '?'}]"
+            pid = f"pid {episode.pid}" + ("" if episode.pid_sure else "?")
+            extra = "".join(f"  {key}: {value}" for key, value in episode.detail.items())
+            print(
+                f"{when}  {pid} ({episode.comm})  netns {episode.netns}  {where}:{episode.port}"
+                f"  {episode.outcome}{extra}",
+                file=self.out,
+            )
+        self.out.flush()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop(signum: int, frame: Optional[FrameType]) -> None:
+    raise _Stop
+
+
+def watch(
+    duration: Optional[float], count: Optional[int], as_json: bool, settle: float, reset_ports: list[tuple[int, int]]
+) -> int:
+    """Watch until stopped; print each self-connect with its outcome, then a summary."""
+    if not sys.platform.startswith("linux"):
+        raise CannotRun("needs Linux")
+    if os.geteuid() != 0:
+        raise CannotRun("needs root: it reads the kernel's tracing (tracefs), which only root may")
+    root = _tracefs.find_tracefs()
+    swept = _tracefs.sweep(root)
+    instance = _tracefs.Instance(root, FILTER)
+    watcher = Watcher(sys.stdout, as_json, settle, reset_ports)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    print(
+        f"selfguard watch: watching every network namespace through {instance.path}"
+        + (f" (removed {len(swept)} left by killed watchers)" if swept else "")
+        + "; Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
+    deadline = None if duration is None else time.monotonic() + duration
+    pending = b""
+    try:
+        while count is None or watcher.reported < count:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = 0.2 if not watcher.following else min(GRACE, settle / 4)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            assert instance.pipe is not None
+            readable, _, _ = select.select([instance.pipe], [], [], max(wait, 0.0))
+            if readable:
+                try:
+                    chunk = os.read(instance.pipe, 1 << 16)
+                except BlockingIOError:
+                    chunk = b""
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    watcher.feed(line.decode(errors="replace"))
+                    if count is not None and watcher.reported >= count:
+                        break
+            watcher.tick(time.monotonic())
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        instance.close()
+    watcher.finish()
+    return EXIT_OK
+
+
+def port_list(text: str) -> list[tuple[int, int]]:
+    """argparse type for --reset: ports and ranges, "6379,8000-8099"."""
+    try:
+        ranges = parse_port_list(text)
+    except ValueError:
+        ranges = []
+    if not ranges or any(not 1 <= low <= high <= 65535 for low, high in ranges):
+        raise argparse.ArgumentTypeError(f"invalid port list {text!r}: expected ports or ranges, e.g. 6379,8000-8099")
+    return ranges
+
+
+def register(commands: Commands) -> None:
+    """Add the `watch` command to the `selfguard` parser's subcommands."""
+    parser = commands.add_parser(
+        "watch",
+        help="report every TCP self-connect on this host (every program, every namespace) and what became of it",
+        description=DESCRIPTION,
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line, then one with the summary")
+    parser.add_argument("--duration", type=positive_seconds, metavar="S", help="stop after S seconds")
+    parser.add_argument("--count", type=positive_count, metavar="N", help="stop after N self-connects reported")
+    parser.add_argument(
+        "--settle",
+        type=positive_seconds,
+        default=1.0,
+        metavar="S",
+        help="seconds a self-connect is followed before it is reported as open or reset (default 1)",
+    )
+    parser.add_argument(
+        "--reset",
+        type=port_list,
+        default=[],
+        metavar="PORTS",
+        help=(
+            "end each self-connected socket on these ports (6379,8000-8099) that no guard caught within "
+            f"{GRACE * 1000:g} ms, in its own namespace (SOCK_DESTROY, as `ss -K`): its program reads "
+            "ECONNABORTED and the server can bind the port at once. Never a port outside the ephemeral range"
+        ),
+    )
+
+    def handle(args: argparse.Namespace) -> int:
+        return watch(args.duration, args.count, args.json, args.settle, args.reset)
+
+    parser.set_defaults(func=handle)
