@@ -1,0 +1,293 @@
+"""`selfguard watch` sees the kernel's self-connects in every namespace, tells what became of them, and leaves nothing.
+
+Each test starts the real command, makes self-connects in network namespaces of
+its own (ephemeral range narrowed to 40000-40003), and keeps only the reports
+of its own namespaces and pids: other tests on this host may make self-connects
+of their own while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from helpers import clean_environ, require
+from native_helpers import GUARDED, compile_c, in_namespace, report_lines, require_library, require_namespaces, total
+
+PORT = 40000
+WATCH = [sys.executable, "-m", "selfguard", "watch"]
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# A program in a namespace prints its namespace first: "net:[4026532179]".
+SHOW_NETNS = 'readlink /proc/self/ns/net; exec "$@"'
+
+
+class Watch:
+    """A running `selfguard watch --json`: stop() returns its reports and summary."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*WATCH, "--json", "--settle", "0.3", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stderr is not None
+        ready = self.process.stderr.readline()
+        assert "watching every network namespace" in ready, ready + self.process.stderr.read()
+        self.instance = ready.split(" through ")[1].split(";")[0].split(" ")[0]
+
+    def stop(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        time.sleep(0.8)  # the last self-connects settle
+        self.process.send_signal(signal.SIGINT)
+        out, err = self.process.communicate(timeout=30)
+        assert 0 == self.process.returncode, err
+        lines = [json.loads(line) for line in out.splitlines()]
+        return lines[:-1], lines[-1]
+
+
+def mine(reports: list[dict[str, Any]], netns: int, pid: Optional[int] = None) -> list[dict[str, Any]]:
+    return [r for r in reports if r["netns"] == netns and (pid is None or r["pid"] == pid)]
+
+
+def netns_of(stdout: str) -> int:
+    first = stdout.splitlines()[0]
+    assert first.startswith("net:["), stdout
+    return int(first[5:-1])
+
+
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def instances() -> list[str]:
+    """The watchers' tracing instances on this host, seen through a tracefs mount of our own."""
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tracefs nodev /sys/kernel/tracing && ls /sys/kernel/tracing/instances"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert 0 == done.returncode, done.stderr
+    return [name for name in done.stdout.split() if name.startswith("selfguard-watch-")]
+
+
+@pytest.fixture(scope="module")
+def selfdial(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/native/selfdial.c, statically linked: no LD_PRELOAD can reach it."""
+    require_namespaces()
+    return compile_c("selfdial", tmp_path_factory.mktemp("watch"), "-static")
+
+
+def in_ns(argv: list[str], **kwargs: Any) -> dict[str, Any]:
+    kwargs.setdefault("port_range", (PORT, PORT + 3))
+    return in_namespace(["sh", "-c", SHOW_NETNS, "sh", *argv], **kwargs)
+
+
+def test_a_static_c_program_is_reported_with_its_pid_command_namespace_and_port(selfdial: Path) -> None:
+    """A statically linked unguarded client: each self-connect is reported, as reaching the program."""
+    watch = Watch()
+    done = in_ns([str(selfdial), str(PORT), "200"])
+    reports, _ = watch.stop()
+    result = json_lines(done["stdout"])[-1]
+    seen = mine(reports, netns_of(done["stdout"]), result["pid"])
+    assert result["self_connects"] >= 1
+    assert result["self_connects"] == len(seen)
+    assert {("selfdial", PORT, "127.0.0.1", True)} == {
+        (r["comm"], r["port"], r["address"], r["pid_sure"]) for r in seen
+    }
+    assert {"closed"} == {r["outcome"] for r in seen}  # its program closed it
+
+
+def test_reset_ends_the_socket_so_a_server_binds_at_once(selfdial: Path) -> None:
+    """--reset PORT: the held self-connect reads ECONNABORTED and the server binds; without it, it cannot."""
+    unwatched = in_ns([str(selfdial), str(PORT), "200", "500"])
+    assert "errno 98" == unwatched["server"]  # EADDRINUSE: its TIME_WAIT holds the port
+
+    watch = Watch("--reset", str(PORT))
+    done = in_ns([str(selfdial), str(PORT), "200", "500"])
+    reports, _ = watch.stop()
+    lines = json_lines(done["stdout"])
+    assert 103 == lines[0]["read_errno"]  # ECONNABORTED: ended from outside before its read
+    assert "bound" == done["server"]
+    seen = mine(reports, netns_of(done["stdout"]), lines[-1]["pid"])
+    assert ["ended"] == [r["outcome"] for r in seen]
+
+
+def test_reset_leaves_other_ports_alone(selfdial: Path) -> None:
+    """--reset names ports: a self-connect on another one is reported and left to its program."""
+    watch = Watch("--reset", str(PORT + 2))
+    done = in_ns([str(selfdial), str(PORT), "200", "300"])
+    reports, _ = watch.stop()
+    lines = json_lines(done["stdout"])
+    assert 0 == lines[0]["read_errno"]  # it read its own bytes
+    assert "errno 98" == done["server"]
+    assert ["closed"] == [r["outcome"] for r in mine(reports, netns_of(done["stdout"]), lines[-1]["pid"])]
+
+
+LOOP = (
+    r"""
+import json, os, socket, sys
+guarded = sys.argv[1] == "guard"
+if guarded:
+    import selfguard
+    selfguard.install()
+met = 0
+for _ in range(150):
+    sock = socket.socket()
+    try:
+        sock.connect(("127.0.0.1", %d))
+        met += sock.getsockname() == sock.getpeername()
+    except OSError:
+        pass
+    sock.close()
+print(json.dumps({"pid": os.getpid(), "met": met, **(selfguard.stats() if guarded else {})}))
+"""
+    % PORT
+)
+
+
+def test_the_python_guards_self_connects_are_reported_as_caught() -> None:
+    """Under the Python guard: every self-connect it counted is seen, none reaching the program."""
+    require_namespaces()
+    watch = Watch()
+    done = in_ns([sys.executable, "-c", LOOP, "guard"], env=clean_environ(SELFGUARD_LOG="0"))
+    reports, _ = watch.stop()
+    stats = json_lines(done["stdout"])[-1]
+    seen = mine(reports, netns_of(done["stdout"]), stats["pid"])
+    assert stats["self_connects"] >= 10
+    assert stats["self_connects"] == len(seen)
+    assert {"caught", "reset"} >= {r["outcome"] for r in seen}  # reset: where it gave up
+    assert 0 == stats["met"]
+
+
+def test_the_native_guards_self_connects_are_reported_as_caught(selfdial: Path, tmp_path: Path) -> None:
+    """Under `selfguard run --native` (a dynamically linked client): the counts match the guard's report."""
+    require_library()
+    dynamic = compile_c("selfdial", tmp_path)
+    report = tmp_path / "report"
+    watch = Watch()
+    done = in_ns([*GUARDED, str(dynamic), str(PORT), "150"], env=clean_environ(SELFGUARD_NATIVE_REPORT=str(report)))
+    reports, _ = watch.stop()
+    result = json_lines(done["stdout"])[-1]
+    seen = mine(reports, netns_of(done["stdout"]), result["pid"])
+    counted = total(report_lines(report), "self_connects")
+    assert counted >= 10
+    assert counted == len(seen)
+    assert {"caught", "reset"} >= {r["outcome"] for r in seen}
+    assert 0 == result["self_connects"]
+
+
+def test_an_unguarded_python_client_is_reported_as_reaching_the_program() -> None:
+    """An unguarded Python loop: each self-connect it met is reported, as closed by the program."""
+    require_namespaces()
+    watch = Watch()
+    done = in_ns([sys.executable, "-c", LOOP, "plain"])
+    reports, _ = watch.stop()
+    result = json_lines(done["stdout"])[-1]
+    seen = mine(reports, netns_of(done["stdout"]), result["pid"])
+    assert result["met"] >= 1
+    assert result["met"] == len(seen)
+    assert {"closed"} == {r["outcome"] for r in seen}
+
+
+BUSY_PORT = 5000  # outside its namespace's wide range: ordinary traffic, no self-connect possible
+BUSY = r"""
+import json, os, socket, threading
+server = socket.socket()
+server.bind(("127.0.0.1", %d))
+server.listen(512)
+def serve():
+    while True:
+        conn, _ = server.accept()
+        conn.close()
+threading.Thread(target=serve, daemon=True).start()
+for _ in range(3000):
+    with socket.create_connection(("127.0.0.1", %d), timeout=5):
+        pass
+print(json.dumps({"pid": os.getpid(), "connections": 3000}))
+""" % (BUSY_PORT, BUSY_PORT)
+
+
+def test_two_namespaces_at_once_and_a_busy_one(selfdial: Path) -> None:
+    """Self-connects in two namespaces at the same time are all seen; 3000 ordinary connections never are."""
+    watch = Watch()
+    with ThreadPoolExecutor(3) as pool:
+        jobs = [pool.submit(in_ns, [str(selfdial), str(PORT), "300"]) for _ in range(2)]
+        busy = pool.submit(in_ns, [sys.executable, "-c", BUSY], port_range=(10000, 60999))
+        results = [job.result() for job in jobs]
+        busy_done = busy.result()
+    reports, summary = watch.stop()
+    assert 0 == summary["lost_events"]
+    for done in results:
+        result = json_lines(done["stdout"])[-1]
+        assert result["self_connects"] >= 1
+        assert result["self_connects"] == len(mine(reports, netns_of(done["stdout"]), result["pid"]))
+    assert 3000 == json_lines(busy_done["stdout"])[-1]["connections"], busy_done["stderr"]
+    assert [] == mine(reports, netns_of(busy_done["stdout"]))
+
+
+def test_not_root_is_refused_and_leaves_nothing() -> None:
+    """As nobody: exit 3, one line saying root is needed, no tracing instance."""
+    require_namespaces()
+    before = instances()
+    done = subprocess.run([*NOBODY, *WATCH], capture_output=True, text=True, timeout=60, cwd="/")
+    assert 3 == done.returncode
+    assert "selfguard watch: needs root" in done.stderr
+    assert before == instances()
+
+
+def test_no_tracefs_is_refused_and_leaves_nothing() -> None:
+    """Where tracefs is neither mounted nor mountable (a user namespace's root, as in a container): exit 3."""
+    require_namespaces()
+    command = ["unshare", "-U", "-r", "-m", "sh", "-c", 'umount -l /sys/kernel/tracing 2>/dev/null; exec "$@"', "sh"]
+    done = subprocess.run([*command, *WATCH], capture_output=True, text=True, timeout=60)
+    assert 3 == done.returncode, done.stderr
+    assert "tracefs is not mounted and cannot be mounted" in done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_no_instance_is_left_after_any_exit(sig: signal.Signals) -> None:
+    """SIGINT and SIGTERM: the watcher removes its instance; SIGKILL: its guardian does, within a second."""
+    require_namespaces()
+    watch = Watch()
+    name = os.path.basename(watch.instance)
+    assert name in instances()
+    watch.process.send_signal(sig)
+    watch.process.communicate(timeout=30)
+    deadline = time.monotonic() + 5
+    while name in instances() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert name not in instances()
+
+
+def test_a_killed_watchers_instance_is_swept_by_the_next_start() -> None:
+    """Watcher and guardian both killed: the next watcher removes what they left."""
+    require_namespaces()
+    require(sys.platform.startswith("linux"), "needs Linux")
+    # A name no live process owns: what a watcher killed together with its guardian leaves.
+    leftover = "selfguard-watch-999999999-1"
+    made = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f"mount -t tracefs nodev /sys/kernel/tracing && mkdir /sys/kernel/tracing/instances/{leftover}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert 0 == made.returncode, made.stderr
+    watch = Watch()
+    watch.stop()
+    assert leftover not in instances()
