@@ -133,8 +133,7 @@ def test_reset_leaves_other_ports_alone(selfdial: Path) -> None:
     assert ["closed"] == [r["outcome"] for r in mine(reports, netns_of(done["stdout"]), lines[-1]["pid"])]
 
 
-LOOP = (
-    r"""
+LOOP = r"""
 import json, os, socket, sys
 guarded = sys.argv[1] == "guard"
 if guarded:
@@ -144,15 +143,13 @@ met = 0
 for _ in range(150):
     sock = socket.socket()
     try:
-        sock.connect(("127.0.0.1", %d))
+        sock.connect(("127.0.0.1", PORT))
         met += sock.getsockname() == sock.getpeername()
     except OSError:
         pass
     sock.close()
 print(json.dumps({"pid": os.getpid(), "met": met, **(selfguard.stats() if guarded else {})}))
-"""
-    % PORT
-)
+""".replace("PORT", str(PORT))
 
 
 def test_the_python_guards_self_connects_are_reported_as_caught() -> None:
@@ -203,7 +200,7 @@ BUSY_PORT = 5000  # outside its namespace's wide range: ordinary traffic, no sel
 BUSY = r"""
 import json, os, socket, threading
 server = socket.socket()
-server.bind(("127.0.0.1", %d))
+server.bind(("127.0.0.1", PORT))
 server.listen(512)
 def serve():
     while True:
@@ -211,10 +208,10 @@ def serve():
         conn.close()
 threading.Thread(target=serve, daemon=True).start()
 for _ in range(3000):
-    with socket.create_connection(("127.0.0.1", %d), timeout=5):
+    with socket.create_connection(("127.0.0.1", PORT), timeout=5):
         pass
 print(json.dumps({"pid": os.getpid(), "connections": 3000}))
-""" % (BUSY_PORT, BUSY_PORT)
+""".replace("PORT", str(BUSY_PORT))
 
 
 def test_two_namespaces_at_once_and_a_busy_one(selfdial: Path) -> None:
