@@ -21,6 +21,7 @@ from ._cli import CannotRun
 MOUNT_POINTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 PREFIX = "selfguard-watch-"
 EVENT = "events/sock/inet_sock_set_state"
+DESTROY_EVENT = "events/tcp/tcp_destroy_sock"
 
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
@@ -124,14 +125,16 @@ def _remove(path: str, seconds: float) -> None:
 
 
 class Instance:
-    """One private tracefs instance with the socket-state event on, filtered in the kernel."""
+    """One private tracefs instance with the socket-state and socket-destroy events on, filtered in the kernel."""
 
-    def __init__(self, root: str, event_filter: str, buffer_kb: int = 256) -> None:
+    def __init__(self, root: str, event_filter: str, destroy_filter: str, buffer_kb: int = 256) -> None:
         self.pipe: Optional[int] = None
         pid = os.getpid()
         self.path = os.path.join(root, "instances", f"{PREFIX}{pid}-{_start_time(pid)}")
-        if not os.path.isdir(os.path.join(root, EVENT)):
-            raise CannotRun(f"this kernel has no sock:inet_sock_set_state event ({os.path.join(root, EVENT)})")
+        for event in (EVENT, DESTROY_EVENT):
+            if not os.path.isdir(os.path.join(root, event)):
+                name = event[len("events/") :].replace("/", ":")
+                raise CannotRun(f"this kernel has no {name} event ({os.path.join(root, event)})")
         try:
             os.mkdir(self.path)
         except OSError as exc:
@@ -141,11 +144,15 @@ class Instance:
             _write(os.path.join(self.path, "buffer_size_kb"), str(buffer_kb))
             # mono: timestamps on time.monotonic()'s clock; fields: skaddr (the socket's
             # identity, which the event's own format leaves out) and numbers as numbers.
+            # 0: wake the reader at the first event, not when the buffer is half full.
+            _write(os.path.join(self.path, "buffer_percent"), "0")
             _write(os.path.join(self.path, "trace_clock"), "mono")
             _write(os.path.join(self.path, "options/fields"), "1")
             _write(os.path.join(self.path, "options/record-tgid"), "1")
             _write(os.path.join(self.path, EVENT, "filter"), event_filter)
+            _write(os.path.join(self.path, DESTROY_EVENT, "filter"), destroy_filter)
             _write(os.path.join(self.path, EVENT, "enable"), "1")
+            _write(os.path.join(self.path, DESTROY_EVENT, "enable"), "1")
             self.pipe = os.open(os.path.join(self.path, "trace_pipe"), os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             self.close()
@@ -179,10 +186,11 @@ class Instance:
         if self.pipe is not None:
             os.close(self.pipe)
             self.pipe = None
-        try:
-            _write(os.path.join(self.path, EVENT, "enable"), "0")
-        except OSError:
-            pass
+        for event in (EVENT, DESTROY_EVENT):
+            try:
+                _write(os.path.join(self.path, event, "enable"), "0")
+            except OSError:
+                pass
         _remove(self.path, 2.0)
         os.close(self._lifeline)
         try:

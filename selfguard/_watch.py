@@ -34,20 +34,26 @@ ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, CLOSE, CLOSING = 1, 2, 3, 4, 7, 11
 
 # SYN_SENT -> SYN_RECV is a simultaneous open: in practice only a socket meeting itself.
 # ESTABLISHED -> CLOSE is an abort (a guard's in-place reset, SO_LINGER 0, SOCK_DESTROY);
-# SYN_SENT -> CLOSE a failed connect (the guard's retry, refused); -> CLOSING a
-# simultaneous close, which is how a self-connected socket closed by its program ends.
-# Ordinary connections (SYN_SENT -> ESTABLISHED, FIN_WAIT1, TIME_WAIT...) never pass.
-FILTER = (
-    f"(oldstate == {SYN_SENT} && (newstate == {SYN_RECV} || newstate == {CLOSE}))"
-    f" || (oldstate == {ESTABLISHED} && newstate == {CLOSE}) || newstate == {CLOSING}"
-)
+# -> CLOSING a simultaneous close, which is how a self-connected socket closed by its
+# program ends. Ordinary connections (SYN_SENT -> ESTABLISHED, FIN_WAIT1, TIME_WAIT...)
+# never pass, nor do refused connects (SYN_SENT -> CLOSE: a reconnect loop's dials).
+FILTER = f"(oldstate == {SYN_SENT} && newstate == {SYN_RECV}) || (oldstate == {ESTABLISHED} && newstate == {CLOSE})"
+FILTER += f" || newstate == {CLOSING}"
+
+# A socket destroyed with no destination port was disconnected: reset in place by a
+# guard, closed abortively, or a failed connect (the kernel disconnects those too). For a
+# followed socket, the source port the event shows tells whether it was dialled again.
+DESTROY_FILTER = "dport == 0 && sport != 0"
+
+# How long the watcher sleeps between reads when it follows nothing.
+IDLE = 0.02
 
 # How long a guard gets to reset a self-connect in place before --reset ends it.
 GRACE = 0.005
 
 OUTCOMES = {
     "caught": "a guard reset it in place and dialled again",
-    "reset": "reset at once with no new dial: a guard that gave up, or the program's own abortive close",
+    "reset": "reset in place and closed without a new dial: a guard that gave up, or an abortive close",
     "closed": "reached the program, which closed it",
     "open": "reached the program: still connected after --settle",
     "ended": "ended by this watcher (--reset): the port is free",
@@ -60,6 +66,8 @@ LINE = re.compile(
     r" sport=\S+ \((?P<sport>\d+)\) dport=\S+ \((?P<dport>\d+)\) family=\S+ \((?P<family>\d+)\)"
     r" protocol=\S+ \((?P<protocol>\d+)\) saddr=\S+ \((?P<saddr>-?\d+)\) daddr=\S+ \((?P<daddr>-?\d+)\)"
 )
+SELF_OPEN = f"oldstate=0x{SYN_SENT:x} ({SYN_SENT}) newstate=0x{SYN_RECV:x} ({SYN_RECV}) "
+DESTROYED_SPORT = re.compile(r" sport=0x[0-9a-f]+ \((\d+)\)")
 LOST = re.compile(r"CPU:\d+ \[LOST (\d+) EVENTS\]")
 
 DESCRIPTION = f"""\
@@ -169,21 +177,33 @@ class Watcher:
         return self._namespaces[pid]
 
     def feed(self, line: str) -> None:
-        match = LINE.match(line)
-        if match is None:
+        # Most lines are aborts of ordinary connections: drop them before any parsing.
+        at = line.find("skaddr=0x")
+        if at < 0:
             lost = LOST.search(line)
             if lost:
                 self.lost += int(lost.group(1))
             return
-        if int(match["protocol"]) != socket.IPPROTO_TCP:
-            return
-        sk, old, new = match["sk"], int(match["old"]), int(match["new"])
+        sk = line[at + 9 : line.find(" ", at)]
         episode = self.following.get(sk)
+        if " tcp_destroy_sock: " in line[:at]:
+            if episode is not None and episode.aborted is not None:
+                # Its source port is still the self-connect's when it was not dialled again;
+                # a retry (refused, then closed) would have taken another.
+                sport = DESTROYED_SPORT.search(line, at)
+                again = sport is not None and int(sport[1]) != episode.port
+                self._decide(episode, "ended" if episode.reset_sent else "caught" if again else "reset")
+            return
+        if episode is None and SELF_OPEN not in line:
+            return
+        match = LINE.match(line)
+        if match is None or int(match["protocol"]) != socket.IPPROTO_TCP:
+            return
+        old, new = int(match["old"]), int(match["new"])
         if old == SYN_SENT and new == SYN_RECV:
             if episode is not None:
-                # The same socket met itself again: its last self-connect was reset and dialled
-                # again. (Or the kernel gave a closed socket's memory to the next one: the
-                # event cannot tell, so "caught" and "reset" may trade a few between them.)
+                # The same socket met itself again, with no destroy in between: its last
+                # self-connect was reset in place and dialled again.
                 self._decide(episode, "caught" if episode.aborted is not None else "closed")
             self._begin(match)
         elif episode is None:
@@ -192,8 +212,6 @@ class Watcher:
             episode.aborted = float(match["ts"])
             if episode.reset_sent:
                 self._decide(episode, "ended")
-        elif old == SYN_SENT and new == CLOSE and episode.aborted is not None:
-            self._decide(episode, "caught")  # the guard's retry on the same socket, refused
         elif new == CLOSING:
             self._decide(episode, "closed")
 
@@ -238,7 +256,7 @@ class Watcher:
                 episode.reset_due = None
                 self._reset(episode)
             elif episode.aborted is not None and now - episode.aborted >= self.settle:
-                self._decide(episode, "reset")
+                self._decide(episode, "caught")  # reset in place, still alive: dialled again
             elif episode.aborted is None and now - episode.seen >= self.settle:
                 self._decide(episode, "open")
 
@@ -280,7 +298,7 @@ class Watcher:
     def finish(self) -> None:
         """Report what is still followed as it stands now, then the summary."""
         for episode in list(self.following.values()):
-            self._decide(episode, "reset" if episode.aborted is not None else "open")
+            self._decide(episode, "caught" if episode.aborted is not None else "open")
         if self.as_json:
             rows = [{"comm": c, "port": p, "outcome": o, "count": n} for (c, p, o), n in sorted(self.summary.items())]
             print(
@@ -342,7 +360,7 @@ def watch(
         raise CannotRun("needs root: it reads the kernel's tracing (tracefs), which only root may")
     root = _tracefs.find_tracefs()
     swept = _tracefs.sweep(root)
-    instance = _tracefs.Instance(root, FILTER)
+    instance = _tracefs.Instance(root, FILTER, DESTROY_FILTER)
     watcher = Watcher(sys.stdout, as_json, settle, reset_ports)
     previous = signal.signal(signal.SIGTERM, _stop)
     print(
@@ -359,22 +377,25 @@ def watch(
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
-            wait = 0.2 if not watcher.following else min(GRACE, settle / 4)
+            wait = IDLE if not watcher.following else min(GRACE, settle / 4)
             if deadline is not None:
                 wait = min(wait, deadline - now)
             assert instance.pipe is not None
-            readable, _, _ = select.select([instance.pipe], [], [], max(wait, 0.0))
-            if readable:
+            # The pipe's poll does not always wake at the first event: read after every
+            # wait, readable or not (a non-blocking read of an empty buffer costs ~1 us).
+            select.select([instance.pipe], [], [], max(wait, 0.0))
+            while True:
                 try:
                     chunk = os.read(instance.pipe, 1 << 16)
                 except BlockingIOError:
-                    chunk = b""
+                    break
+                if not chunk:
+                    break
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
                 for line in lines:
-                    watcher.feed(line.decode(errors="replace"))
-                    if count is not None and watcher.reported >= count:
-                        break
+                    if count is None or watcher.reported < count:
+                        watcher.feed(line.decode(errors="replace"))
             watcher.tick(time.monotonic())
     except (KeyboardInterrupt, _Stop):
         pass

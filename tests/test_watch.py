@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
@@ -125,7 +126,7 @@ def test_reset_ends_the_socket_so_a_server_binds_at_once(selfdial: Path) -> None
 def test_reset_leaves_other_ports_alone(selfdial: Path) -> None:
     """--reset names ports: a self-connect on another one is reported and left to its program."""
     watch = Watch("--reset", str(PORT + 2))
-    done = in_ns([str(selfdial), str(PORT), "200", "300"])
+    done = in_ns([str(selfdial), str(PORT), "200", "100"])
     reports, _ = watch.stop()
     lines = json_lines(done["stdout"])
     assert 0 == lines[0]["read_errno"]  # it read its own bytes
@@ -134,7 +135,7 @@ def test_reset_leaves_other_ports_alone(selfdial: Path) -> None:
 
 
 LOOP = r"""
-import json, os, socket, sys
+import json, os, socket, sys, time
 guarded = sys.argv[1] == "guard"
 if guarded:
     import selfguard
@@ -149,25 +150,26 @@ for _ in range(150):
         pass
     sock.close()
 print(json.dumps({"pid": os.getpid(), "met": met, **(selfguard.stats() if guarded else {})}))
+time.sleep(0.3)  # as a service would live on: the watcher reads /proc/PID a few ms after the event
 """.replace("PORT", str(PORT))
 
 
 def test_the_python_guards_self_connects_are_reported_as_caught() -> None:
-    """Under the Python guard: every self-connect it counted is seen, none reaching the program."""
+    """Under the Python guard: what it retried is caught, what it gave up on is reset, nothing reached the program."""
     require_namespaces()
     watch = Watch()
     done = in_ns([sys.executable, "-c", LOOP, "guard"], env=clean_environ(SELFGUARD_LOG="0"))
     reports, _ = watch.stop()
     stats = json_lines(done["stdout"])[-1]
     seen = mine(reports, netns_of(done["stdout"]), stats["pid"])
-    assert stats["self_connects"] >= 10
-    assert stats["self_connects"] == len(seen)
-    assert {"caught", "reset"} >= {r["outcome"] for r in seen}  # reset: where it gave up
+    outcomes = Counter(r["outcome"] for r in seen)
+    assert stats["gave_up"] >= 1
+    assert {"caught": stats["self_connects"] - stats["gave_up"], "reset": stats["gave_up"]} == outcomes
     assert 0 == stats["met"]
 
 
 def test_the_native_guards_self_connects_are_reported_as_caught(selfdial: Path, tmp_path: Path) -> None:
-    """Under `selfguard run --native` (a dynamically linked client): the counts match the guard's report."""
+    """Under `selfguard run --native` (a dynamically linked client): caught and reset match the guard's own report."""
     require_library()
     dynamic = compile_c("selfdial", tmp_path)
     report = tmp_path / "report"
@@ -176,10 +178,9 @@ def test_the_native_guards_self_connects_are_reported_as_caught(selfdial: Path, 
     reports, _ = watch.stop()
     result = json_lines(done["stdout"])[-1]
     seen = mine(reports, netns_of(done["stdout"]), result["pid"])
-    counted = total(report_lines(report), "self_connects")
-    assert counted >= 10
-    assert counted == len(seen)
-    assert {"caught", "reset"} >= {r["outcome"] for r in seen}
+    counted, gave_up = (total(report_lines(report), name) for name in ("self_connects", "gave_up"))
+    assert gave_up >= 1
+    assert {"caught": counted - gave_up, "reset": gave_up} == Counter(r["outcome"] for r in seen)
     assert 0 == result["self_connects"]
 
 
