@@ -106,10 +106,10 @@ def _address(family: int, raw: bytes) -> str:
     return socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
 
 
-def self_connected(netns: str, family: int, port: int) -> list[Found]:
-    """The established TCP sockets of *family* in *netns* connected from *port* to *port* on one address."""
+def self_connected(netns: str, family: int, port: int, states: int = 1 << TCP_ESTABLISHED) -> list[Found]:
+    """The TCP sockets of *family* in *netns*, in *states* (a bit mask), connected from *port* to *port*."""
     with _netlink_in(netns) as sock:
-        sock.sendall(_request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, 1 << TCP_ESTABLISHED, bytes(48)))
+        sock.sendall(_request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, states, bytes(48)))
         found = []
         for kind, payload in _messages(sock):
             if kind != SOCK_DIAG_BY_FAMILY or len(payload) < 72:

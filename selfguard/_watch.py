@@ -30,7 +30,8 @@ from ._kernel import parse_port_list
 if TYPE_CHECKING:
     from ._cli import Commands
 
-ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, CLOSE, CLOSING = 1, 2, 3, 4, 7, 11
+ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE = 1, 2, 3, 4, 5, 6, 7
+CLOSE_WAIT, LAST_ACK, CLOSING = 8, 9, 11
 
 # SYN_SENT -> SYN_RECV is a simultaneous open: in practice only a socket meeting itself.
 # ESTABLISHED -> CLOSE is an abort (a guard's in-place reset, SO_LINGER 0, SOCK_DESTROY);
@@ -44,6 +45,10 @@ FILTER += f" || newstate == {CLOSING}"
 # guard, closed abortively, or a failed connect (the kernel disconnects those too). For a
 # followed socket, the source port the event shows tells whether it was dialled again.
 DESTROY_FILTER = "dport == 0 && sport != 0"
+
+# The states --reset ends a self-connected socket in: connected, or closing, or the
+# TIME_WAIT a plain close() leaves (SOCK_DESTROY ends that too, and the port is free).
+RESET_STATES = sum(1 << s for s in (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING))
 
 # How long the watcher sleeps between reads when it follows nothing.
 IDLE = 0.02
@@ -213,6 +218,10 @@ class Watcher:
             if episode.reset_sent:
                 self._decide(episode, "ended")
         elif new == CLOSING:
+            if episode.reset_due is not None:
+                # Its program closed it before --reset's turn: end what the close leaves, the
+                # TIME_WAIT that would keep the server off its port for a minute.
+                self._reset(episode)
             self._decide(episode, "closed")
 
     def _begin(self, match: re.Match[str]) -> None:
@@ -253,7 +262,6 @@ class Watcher:
         """Decide what time decides: --reset's turn, and sockets that stayed as they were for --settle."""
         for episode in list(self.following.values()):
             if episode.reset_due is not None and now >= episode.reset_due and episode.aborted is None:
-                episode.reset_due = None
                 self._reset(episode)
             elif episode.aborted is not None and now - episode.aborted >= self.settle:
                 self._decide(episode, "caught")  # reset in place, still alive: dialled again
@@ -261,6 +269,7 @@ class Watcher:
                 self._decide(episode, "open")
 
     def _reset(self, episode: Episode) -> None:
+        episode.reset_due = None
         assert episode.netns_fd is not None
         netns = f"/proc/self/fd/{episode.netns_fd}"
         try:
@@ -270,11 +279,10 @@ class Watcher:
                 episode.detail["reset"] = f"not done: port outside that namespace's ephemeral range {low}-{high}"
                 return
             family = socket.AF_INET if episode.family == socket.AF_INET else socket.AF_INET6
-            found = [
-                f for f in _sockdiag.self_connected(netns, family, episode.port) if episode.address in (None, f.address)
-            ]
+            found = _sockdiag.self_connected(netns, family, episode.port, RESET_STATES)
+            found = [f for f in found if episode.address in (None, f.address)]
             if not found:
-                episode.detail["reset"] = "not done: no longer connected"
+                episode.detail["reset"] = "not done: gone already"
                 return
             episode.address = found[0].address
             episode.reset_sent = True
@@ -282,6 +290,8 @@ class Watcher:
             if failed:
                 episode.reset_sent = False
                 episode.detail["reset"] = f"failed: {os.strerror(failed[0])}"
+            else:
+                episode.detail["reset"] = "done: the port is free"
         except OSError as exc:
             episode.detail["reset"] = f"failed: {exc.strerror or exc}"
 
@@ -329,7 +339,7 @@ class Watcher:
                 "outcome": episode.outcome,
                 **episode.detail,
             }
-            print(json.dumps(record), file=self.out)
+            self.out.write(json.dumps(record) + "\n")
         else:
             where = episode.address if episode.family == socket.AF_INET else f"[{episode.address or '?'}]"
             pid = f"pid {episode.pid}" + ("" if episode.pid_sure else "?")
@@ -342,12 +352,14 @@ class Watcher:
         self.out.flush()
 
 
-class _Stop(Exception):
-    pass
+class _Stop:
+    """Ctrl-C and SIGTERM ask the loop to stop between two reads, never in the middle of a line."""
 
+    def __init__(self) -> None:
+        self.asked = False
 
-def _stop(signum: int, frame: Optional[FrameType]) -> None:
-    raise _Stop
+    def __call__(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.asked = True
 
 
 def watch(
@@ -362,7 +374,8 @@ def watch(
     swept = _tracefs.sweep(root)
     instance = _tracefs.Instance(root, FILTER, DESTROY_FILTER)
     watcher = Watcher(sys.stdout, as_json, settle, reset_ports)
-    previous = signal.signal(signal.SIGTERM, _stop)
+    stop = _Stop()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(
         f"selfguard watch: watching every network namespace through {instance.path}"
         + (f" (removed {len(swept)} left by killed watchers)" if swept else "")
@@ -373,7 +386,7 @@ def watch(
     deadline = None if duration is None else time.monotonic() + duration
     pending = b""
     try:
-        while count is None or watcher.reported < count:
+        while not stop.asked and (count is None or watcher.reported < count):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -397,12 +410,11 @@ def watch(
                     if count is None or watcher.reported < count:
                         watcher.feed(line.decode(errors="replace"))
             watcher.tick(time.monotonic())
-    except (KeyboardInterrupt, _Stop):
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         instance.close()
     watcher.finish()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,16 @@ from typing import Any, Optional
 import pytest
 
 from helpers import clean_environ, require
-from native_helpers import GUARDED, compile_c, in_namespace, report_lines, require_library, require_namespaces, total
+from native_helpers import (
+    GUARDED,
+    SOURCES,
+    compile_c,
+    in_namespace,
+    report_lines,
+    require_library,
+    require_namespaces,
+    total,
+)
 
 PORT = 40000
 WATCH = [sys.executable, "-m", "selfguard", "watch"]
@@ -121,6 +131,61 @@ def test_reset_ends_the_socket_so_a_server_binds_at_once(selfdial: Path) -> None
     assert "bound" == done["server"]
     seen = mine(reports, netns_of(done["stdout"]), lines[-1]["pid"])
     assert ["ended"] == [r["outcome"] for r in seen]
+
+
+def test_reset_ends_the_time_wait_a_plain_close_leaves(selfdial: Path) -> None:
+    """A program that closes its self-connect at once: --reset ends the TIME_WAIT, and the server binds."""
+    watch = Watch("--reset", str(PORT))
+    done = in_ns([str(selfdial), str(PORT), "200"])
+    reports, _ = watch.stop()
+    result = json_lines(done["stdout"])[-1]
+    seen = mine(reports, netns_of(done["stdout"]), result["pid"])
+    assert result["self_connects"] >= 1
+    assert [("closed", "done: the port is free")] * result["self_connects"] == [
+        (r["outcome"], r["reset"]) for r in seen
+    ]
+    assert "bound" == done["server"]
+
+
+@pytest.fixture(scope="module")
+def godial(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/native/godial.go, built statically (CGO_ENABLED=0) with the Go toolchain."""
+    require_namespaces()
+    go = shutil.which("go")
+    require(go is not None, "needs Go (apt-get install golang-go)")
+    assert go is not None
+    out = tmp_path_factory.mktemp("go")
+    env = {**os.environ, "CGO_ENABLED": "0", "HOME": str(out), "GOCACHE": str(out / "cache"), "GOFLAGS": ""}
+    subprocess.run(
+        [go, "build", "-o", str(out / "godial"), str(SOURCES / "godial.go")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=env,
+        cwd=out,
+    )
+    return out / "godial"
+
+
+def test_a_go_programs_hidden_self_connects_are_reported_and_reset_frees_the_port(godial: Path) -> None:
+    """Go's dialer closes its self-connects and dials again: the program never sees them, watch does.
+
+    Their TIME_WAIT keeps the server off its port; with --reset, the server binds at once.
+    """
+    unwatched = in_ns([str(godial), str(PORT), "200"])
+    assert 0 == json_lines(unwatched["stdout"])[-1]["self_connects"]  # Go hid them...
+    assert "errno 98" == unwatched["server"]  # ...but not their TIME_WAIT
+
+    watch = Watch("--reset", str(PORT))
+    done = in_ns([str(godial), str(PORT), "200"])
+    reports, _ = watch.stop()
+    result = json_lines(done["stdout"])[-1]
+    seen = mine(reports, netns_of(done["stdout"]), result["pid"])
+    assert len(seen) >= 1
+    assert {("godial", PORT, "closed", "done: the port is free")} == {
+        (r["comm"], r["port"], r["outcome"], r["reset"]) for r in seen
+    }
+    assert "bound" == done["server"]
 
 
 def test_reset_leaves_other_ports_alone(selfdial: Path) -> None:
