@@ -2,9 +2,11 @@
 
 Run (root): python benchmarks/bench_watch.py [--rate N] [--seconds S] [--rounds R]
 
-In a network namespace of its own (unshare -n), a server process accepts and closes,
-and a client process opens and closes TCP connections to it on loopback, paced to
---rate per second, timing each connect(). Each round runs the load once without and once
+In a network namespace of its own (unshare -n), a small C program (below) accepts and
+closes in one process, and in another opens and closes TCP connections to it on loopback,
+paced to --rate per second, timing each connect(). A second load dials a closed port
+instead, as a reconnect loop does while its server is down (each of its sockets reaches
+the watcher once: see docs/operations.md). Each round runs a load once without and once
 with `selfguard watch` running (the order alternates between rounds), and reads the
 watcher's CPU time (utime + stime of its process) over the load. The watcher sees every
 namespace, so it also sees this one. A benchmark, not a test: it prints numbers and fails
@@ -16,49 +18,76 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-LOAD = r"""
-import json, os, socket, sys, time
-rate, seconds = float(sys.argv[1]), float(sys.argv[2])
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", 5000))
-server.listen(4096)
-child = os.fork()
-if child == 0:
-    while True:
-        conn, _ = server.accept()
-        conn.close()
-server.close()
-times = []
-interval = 1.0 / rate
-start = time.perf_counter()
-next_at = start
-while time.perf_counter() - start < seconds:
-    sock = socket.socket()
-    t0 = time.perf_counter_ns()
-    sock.connect(("127.0.0.1", 5000))
-    times.append(time.perf_counter_ns() - t0)
-    sock.close()
-    next_at += interval
-    pause = next_at - time.perf_counter()
-    if pause > 0:
-        time.sleep(pause)
-elapsed = time.perf_counter() - start
-os.kill(child, 9)
-times.sort()
-print(json.dumps({"rate": len(times) / elapsed, "median_us": times[len(times) // 2] / 1000,
-                  "p99_us": times[int(len(times) * 0.99)] / 1000}))
+LOAD_C = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* argv: rate seconds refused(0/1). Accepts on 127.0.0.1:5000 unless refused; dials it paced. */
+int main(int argc, char **argv) {
+    double rate = atof(argv[1]), seconds = atof(argv[2]);
+    int refused = atoi(argv[3]);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(5000)};
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    pid_t server = -1;
+    if (!refused) {
+        int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(s, (struct sockaddr *)&to, sizeof to) || listen(s, 4096)) return 1;
+        server = fork();
+        if (server == 0) for (;;) { int c = accept(s, NULL, NULL); if (c >= 0) close(c); }
+        close(s);
+    }
+    size_t cap = (size_t)(rate * seconds) + 16, n = 0;
+    double *lat = malloc(cap * sizeof *lat), start = now(), next = start;
+    while (now() - start < seconds && n < cap) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        double t0 = now();
+        connect(fd, (struct sockaddr *)&to, sizeof to);
+        lat[n++] = now() - t0;
+        close(fd);
+        next += 1.0 / rate;
+        double pause = next - now();
+        if (pause > 0) { struct timespec p = {0, (long)(pause * 1e9)}; nanosleep(&p, NULL); }
+    }
+    double elapsed = now() - start;
+    if (server > 0) kill(server, SIGKILL);
+    qsort(lat, n, sizeof *lat, cmp);
+    printf("{\"rate\": %.1f, \"median_us\": %.2f, \"p99_us\": %.2f}\n",
+           n / elapsed, lat[n / 2] * 1e6, lat[n * 99 / 100] * 1e6);
+    return 0;
+}
 """
 
 NAMESPACE = r"""
 import subprocess, sys
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-done = subprocess.run([sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]], capture_output=True, text=True)
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 sys.stdout.write(done.stdout)
 """
 
@@ -69,9 +98,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load(rate: float, seconds: float) -> dict[str, float]:
+def load(binary: str, rate: float, seconds: float, refused: bool) -> dict[str, float]:
     done = subprocess.run(
-        ["unshare", "-n", sys.executable, "-c", NAMESPACE, LOAD, str(rate), str(seconds)],
+        ["unshare", "-n", sys.executable, "-c", NAMESPACE, binary, str(rate), str(seconds), str(int(refused))],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -83,7 +112,7 @@ def load(rate: float, seconds: float) -> dict[str, float]:
     return result
 
 
-def watched(rate: float, seconds: float) -> dict[str, float]:
+def watched(binary: str, rate: float, seconds: float, refused: bool) -> dict[str, float]:
     watcher = subprocess.Popen(
         [sys.executable, "-m", "selfguard", "watch", "--json"],
         stdout=subprocess.DEVNULL,
@@ -94,7 +123,7 @@ def watched(rate: float, seconds: float) -> dict[str, float]:
     if "watching" not in watcher.stderr.readline():
         raise SystemExit("selfguard watch could not start")
     before, t0 = cpu_seconds(watcher.pid), time.monotonic()
-    result = load(rate, seconds)
+    result = load(binary, rate, seconds, refused)
     result["watcher_cpu_pct"] = 100 * (cpu_seconds(watcher.pid) - before) / (time.monotonic() - t0)
     watcher.terminate()
     watcher.wait(timeout=30)
@@ -110,22 +139,34 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_watch: needs root (a network namespace, and the watcher itself)", file=sys.stderr)
         return 3
-    runs: dict[str, list[dict[str, float]]] = {"not watching": [], "watching": []}
-    for round_ in range(args.rounds):
-        order = ["not watching", "watching"] if round_ % 2 == 0 else ["watching", "not watching"]
-        for kind in order:
-            runs[kind].append(watched(args.rate, args.seconds) if kind == "watching" else load(args.rate, args.seconds))
-    target = f"a target of {args.rate:,.0f} connections/s"
-    print(f"{args.rounds} rounds of {args.seconds:g} s at {target} (medians over rounds)")
-    print(f"{'':14} {'conn/s':>8} {'connect median':>15} {'connect p99':>12} {'watcher CPU':>12}")
-    for kind, results in runs.items():
-        cpu = statistics.median(r["watcher_cpu_pct"] for r in results) if kind == "watching" else None
-        print(
-            f"{kind:14} {statistics.median(r['rate'] for r in results):8,.0f}"
-            f" {statistics.median(r['median_us'] for r in results):12.1f} us"
-            f" {statistics.median(r['p99_us'] for r in results):9.1f} us"
-            + (f" {cpu:10.2f} %" if cpu is not None else f" {'-':>12}")
-        )
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        print("bench_watch: needs a C compiler for the load (cc or gcc)", file=sys.stderr)
+        return 3
+    with tempfile.TemporaryDirectory() as tmp:
+        source, binary = Path(tmp, "load.c"), str(Path(tmp, "load"))
+        source.write_text(LOAD_C)
+        subprocess.run([compiler, "-O2", "-o", binary, str(source)], check=True)
+        target = f"a target of {args.rate:,.0f} connections/s"
+        print(f"{args.rounds} rounds of {args.seconds:g} s at {target}, each without and with the watcher")
+        print(f"(medians over rounds; {os.cpu_count()} CPUs, shared)")
+        for refused, title in ((False, "connect + accept + close"), (True, "refused connects (a reconnect loop)")):
+            runs: dict[str, list[dict[str, float]]] = {"not watching": [], "watching": []}
+            for round_ in range(args.rounds):
+                order = ["not watching", "watching"] if round_ % 2 == 0 else ["watching", "not watching"]
+                for kind in order:
+                    run = watched if kind == "watching" else load
+                    runs[kind].append(run(binary, args.rate, args.seconds, refused))
+            print(f"\n{title}")
+            print(f"{'':14} {'conn/s':>8} {'connect median':>15} {'connect p99':>12} {'watcher CPU':>12}")
+            for kind, results in runs.items():
+                cpu = statistics.median(r["watcher_cpu_pct"] for r in results) if kind == "watching" else None
+                print(
+                    f"{kind:14} {statistics.median(r['rate'] for r in results):8,.0f}"
+                    f" {statistics.median(r['median_us'] for r in results):12.1f} us"
+                    f" {statistics.median(r['p99_us'] for r in results):9.1f} us"
+                    + (f" {cpu:8.2f} % of a CPU" if cpu is not None else f" {'-':>12}")
+                )
     return 0
 
 

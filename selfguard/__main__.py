@@ -23,7 +23,8 @@ exit status (every command but run, which passes CMD's own on):
   0  done: nothing at risk, or shown
   {EXIT_FOUND}  found: a port at risk (doctor), not shown (repro)
   {EXIT_USAGE}  usage error: a bad command line
-  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write a sysctl"""
+  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write a sysctl,
+     not root or no tracefs (watch)"""
 
 
 def _with_default_command(argv: Sequence[str]) -> list[str]:
