@@ -215,7 +215,7 @@ for _ in range(150):
         pass
     sock.close()
 print(json.dumps({"pid": os.getpid(), "met": met, **(selfguard.stats() if guarded else {})}))
-time.sleep(0.3)  # as a service would live on: the watcher reads /proc/PID a few ms after the event
+time.sleep(1)  # as a service would live on: the watcher reads /proc/PID a little after the event
 """.replace("PORT", str(PORT))
 
 
@@ -260,6 +260,33 @@ def test_an_unguarded_python_client_is_reported_as_reaching_the_program() -> Non
     assert result["met"] >= 1
     assert result["met"] == len(seen)
     assert {"closed"} == {r["outcome"] for r in seen}
+
+
+LOOP6 = r"""
+import json, os, socket, time
+met = 0
+for _ in range(150):
+    with socket.socket(socket.AF_INET6) as sock:
+        try:
+            sock.connect(("::1", PORT))
+            met += sock.getsockname()[:2] == sock.getpeername()[:2]
+        except OSError:
+            pass
+print(json.dumps({"pid": os.getpid(), "met": met}))
+time.sleep(1)
+""".replace("PORT", str(PORT))
+
+
+def test_ipv6_self_connects_are_reported() -> None:
+    """An unguarded loop on ::1: each self-connect is seen, as IPv6, on its port."""
+    require_namespaces()
+    watch = Watch()
+    done = in_ns([sys.executable, "-c", LOOP6])
+    reports, _ = watch.stop()
+    result = json_lines(done["stdout"])[-1]
+    seen = mine(reports, netns_of(done["stdout"]), result["pid"])
+    assert result["met"] >= 1
+    assert [("ipv6", PORT, "closed")] * result["met"] == [(r["family"], r["port"], r["outcome"]) for r in seen]
 
 
 BUSY_PORT = 5000  # outside its namespace's wide range: ordinary traffic, no self-connect possible
@@ -311,7 +338,9 @@ def test_not_root_is_refused_and_leaves_nothing() -> None:
 def test_no_tracefs_is_refused_and_leaves_nothing() -> None:
     """Where tracefs is neither mounted nor mountable (a user namespace's root, as in a container): exit 3."""
     require_namespaces()
-    command = ["unshare", "-U", "-r", "-m", "sh", "-c", 'umount -l /sys/kernel/tracing 2>/dev/null; exec "$@"', "sh"]
+    # A tmpfs over the mount point hides a tracefs the host may have mounted there.
+    hide = 'mount -t tmpfs none /sys/kernel/tracing && exec "$@"'
+    command = ["unshare", "-U", "-r", "-m", "sh", "-c", hide, "sh"]
     done = subprocess.run([*command, *WATCH], capture_output=True, text=True, timeout=60)
     assert 3 == done.returncode, done.stderr
     assert "tracefs is not mounted and cannot be mounted" in done.stderr

@@ -1,7 +1,7 @@
 // A Go reconnect loop for `selfguard watch`'s tests: dials 127.0.0.1:PORT DIALS times with
 // net.Dial. Go's dialer closes a self-connected conn and dials again (at most twice more),
 // so the program itself never sees one; it prints how many dials it got a conn from that was
-// connected to itself (0, unless Go relented) and its pid, then lives on 0.3 s.
+// connected to itself (0, unless Go relented) and its pid, then lives on 1 s.
 package main
 
 import (
@@ -28,5 +28,5 @@ func main() {
 		conn.Close()
 	}
 	fmt.Printf("{\"pid\": %d, \"self_connects\": %d}\n", os.Getpid(), met)
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(time.Second)
 }

@@ -1,7 +1,7 @@
 /* An unguarded reconnect loop in C, for `selfguard watch`'s tests: dials 127.0.0.1:PORT up to
  * DIALS times; counts the dials that connected to themselves. With HOLD_MS > 0 it stops at the
  * first self-connect, waits HOLD_MS, reads, and prints what the read gave (its own bytes, or the
- * errno of a socket ended from outside), then closes with a plain close(). It exits 0.3 s
+ * errno of a socket ended from outside), then closes with a plain close(). It exits 1 s
  * after its last dial. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -44,8 +44,8 @@ int main(int argc, char **argv) {
     printf("{\"pid\": %d, \"self_connects\": %d}\n", getpid(), met);
     fflush(stdout);
     /* Live on a little, as a service would: the watcher names a process's namespace from
-     * /proc/PID, which it reads when it gets to the event, a few ms after the fact. */
-    struct timespec linger = {0, 300 * 1000000L};
+     * /proc/PID, which it reads when it gets to the event, a little after the fact. */
+    struct timespec linger = {1, 0};
     nanosleep(&linger, NULL);
     return 0;
 }
