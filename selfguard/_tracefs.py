@@ -127,7 +127,7 @@ def _remove(path: str, seconds: float) -> None:
 class Instance:
     """One private tracefs instance with the socket-state and socket-destroy events on, filtered in the kernel."""
 
-    def __init__(self, root: str, event_filter: str, destroy_filter: str, buffer_kb: int = 256) -> None:
+    def __init__(self, root: str, event_filter: str, destroy_filter: str, buffer_kb: int = 1024) -> None:
         self.pipe: Optional[int] = None
         pid = os.getpid()
         self.path = os.path.join(root, "instances", f"{PREFIX}{pid}-{_start_time(pid)}")
@@ -141,6 +141,7 @@ class Instance:
             raise CannotRun(f"cannot make a tracing instance at {self.path}: {exc.strerror}") from None
         self._guardian = self._start_guardian()
         try:
+            # Per CPU: ~10,000 events, time for a watcher the scheduler starves a while.
             _write(os.path.join(self.path, "buffer_size_kb"), str(buffer_kb))
             # mono: timestamps on time.monotonic()'s clock; fields: skaddr (the socket's
             # identity, which the event's own format leaves out) and numbers as numbers.

@@ -36,6 +36,9 @@ from native_helpers import (
 
 PORT = 40000
 WATCH = [sys.executable, "-m", "selfguard", "watch"]
+# Ahead of the other tests on a shared machine, as docs/operations.md recommends (Nice=-10):
+# a watcher starved for seconds reads a process's namespace after the process is gone.
+NICE = ["nice", "-n", "-10"]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # A program in a namespace prints its namespace first: "net:[4026532179]".
 SHOW_NETNS = 'readlink /proc/self/ns/net; exec "$@"'
@@ -46,7 +49,7 @@ class Watch:
 
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
-            [*WATCH, "--json", "--settle", "0.3", *args],
+            [*NICE, *WATCH, "--json", "--settle", "0.3", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
