@@ -115,7 +115,7 @@ def load(binary: str, rate: float, seconds: float, refused: bool) -> dict[str, f
 def watched(binary: str, rate: float, seconds: float, refused: bool) -> dict[str, float]:
     watcher = subprocess.Popen(
         [sys.executable, "-m", "selfguard", "watch", "--json"],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -124,9 +124,13 @@ def watched(binary: str, rate: float, seconds: float, refused: bool) -> dict[str
         raise SystemExit("selfguard watch could not start")
     before, t0 = cpu_seconds(watcher.pid), time.monotonic()
     result = load(binary, rate, seconds, refused)
-    result["watcher_cpu_pct"] = 100 * (cpu_seconds(watcher.pid) - before) / (time.monotonic() - t0)
+    used, elapsed = cpu_seconds(watcher.pid) - before, time.monotonic() - t0
     watcher.terminate()
-    watcher.wait(timeout=30)
+    out, _ = watcher.communicate(timeout=30)
+    events = json.loads(out.splitlines()[-1])["events"]
+    result["watcher_cpu_pct"] = 100 * used / elapsed
+    result["events_per_s"] = events / elapsed
+    result["us_per_event"] = 1e6 * used / events if events else 0.0
     return result
 
 
@@ -158,14 +162,20 @@ def main() -> int:
                     run = watched if kind == "watching" else load
                     runs[kind].append(run(binary, args.rate, args.seconds, refused))
             print(f"\n{title}")
-            print(f"{'':14} {'conn/s':>8} {'connect median':>15} {'connect p99':>12} {'watcher CPU':>12}")
+            print(f"{'':14} {'conn/s':>8} {'connect median':>15} {'connect p99':>12} {'watcher CPU':>16}  events")
             for kind, results in runs.items():
                 cpu = statistics.median(r["watcher_cpu_pct"] for r in results) if kind == "watching" else None
                 print(
                     f"{kind:14} {statistics.median(r['rate'] for r in results):8,.0f}"
                     f" {statistics.median(r['median_us'] for r in results):12.1f} us"
                     f" {statistics.median(r['p99_us'] for r in results):9.1f} us"
-                    + (f" {cpu:8.2f} % of a CPU" if cpu is not None else f" {'-':>12}")
+                    + (f" {cpu:8.2f} % of a CPU" if cpu is not None else f" {'-':>16}")
+                    + (
+                        f"  {statistics.median(r['events_per_s'] for r in results):,.0f}/s read, "
+                        f"{statistics.median(r['us_per_event'] for r in results):.0f} us of CPU each"
+                        if kind == "watching"
+                        else ""
+                    )
                 )
     return 0
 

@@ -164,6 +164,7 @@ class Watcher:
         self.reset_ports = reset_ports
         self.following: dict[str, Episode] = {}
         self.reported = 0
+        self.events = 0  # lines the kernel's filters passed: what watching this host costs
         self.lost = 0
         self.summary: Counter[tuple[str, int, str]] = Counter()
         self.clock_offset = time.time() - time.monotonic()
@@ -189,6 +190,7 @@ class Watcher:
             if lost:
                 self.lost += int(lost.group(1))
             return
+        self.events += 1
         sk = line[at + 9 : line.find(" ", at)]
         episode = self.following.get(sk)
         if " tcp_destroy_sock: " in line[:at]:
@@ -311,11 +313,10 @@ class Watcher:
             self._decide(episode, "caught" if episode.aborted is not None else "open")
         if self.as_json:
             rows = [{"comm": c, "port": p, "outcome": o, "count": n} for (c, p, o), n in sorted(self.summary.items())]
-            print(
-                json.dumps({"summary": rows, "self_connects": self.reported, "lost_events": self.lost}), file=self.out
-            )
+            totals = {"self_connects": self.reported, "events": self.events, "lost_events": self.lost}
+            print(json.dumps({"summary": rows, **totals}), file=self.out)
         else:
-            print(f"{self.reported} self-connect(s) seen; lost events: {self.lost}", file=self.out)
+            print(f"{self.reported} self-connect(s) seen; {self.events} events read, {self.lost} lost", file=self.out)
             for (comm, port, outcome), n in sorted(self.summary.items()):
                 print(f"  {n:6}  {comm:16} port {port:<5}  {outcome}", file=self.out)
         self.out.flush()
@@ -397,18 +398,20 @@ def watch(
             # The pipe's poll does not always wake at the first event: read after every
             # wait, readable or not (a non-blocking read of an empty buffer costs ~1 us).
             select.select([instance.pipe], [], [], max(wait, 0.0))
-            while True:
+            # Until the buffer is drained, but never for ever: a host that makes events
+            # as fast as they are read must still let --duration, --count and Ctrl-C in.
+            for _ in range(64):
                 try:
                     chunk = os.read(instance.pipe, 1 << 16)
                 except BlockingIOError:
-                    break
-                if not chunk:
                     break
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
                 for line in lines:
                     if count is None or watcher.reported < count:
                         watcher.feed(line.decode(errors="replace"))
+                if len(chunk) < 1 << 16 or stop.asked:
+                    break
             watcher.tick(time.monotonic())
     finally:
         instance.close()
@@ -444,7 +447,7 @@ def register(commands: Commands) -> None:
         type=positive_seconds,
         default=1.0,
         metavar="S",
-        help="seconds a self-connect is followed before it is reported as open or reset (default 1)",
+        help="seconds a self-connect is followed before it is reported as still open, or as caught (default 1)",
     )
     parser.add_argument(
         "--reset",
@@ -453,8 +456,9 @@ def register(commands: Commands) -> None:
         metavar="PORTS",
         help=(
             "end each self-connected socket on these ports (6379,8000-8099) that no guard caught within "
-            f"{GRACE * 1000:g} ms, in its own namespace (SOCK_DESTROY, as `ss -K`): its program reads "
-            "ECONNABORTED and the server can bind the port at once. Never a port outside the ephemeral range"
+            f"{GRACE * 1000:g} ms, in its own namespace (SOCK_DESTROY, as `ss -K`), or the TIME_WAIT its "
+            "program's close left: the program reads ECONNABORTED if it still had it, and the server can bind "
+            "the port at once. Never a port outside the ephemeral range (bound on purpose)"
         ),
     )
 
