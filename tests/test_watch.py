@@ -289,7 +289,8 @@ def test_ipv6_self_connects_are_reported() -> None:
     result = json_lines(done["stdout"])[-1]
     seen = mine(reports, netns_of(done["stdout"]), result["pid"])
     assert result["met"] >= 1
-    assert [("ipv6", PORT, "closed")] * result["met"] == [(r["family"], r["port"], r["outcome"]) for r in seen], [r for r in reports if r["pid"] == result["pid"]]
+    described = [(r["family"], r["port"], r["outcome"]) for r in seen]
+    assert [("ipv6", PORT, "closed")] * result["met"] == described, [r for r in reports if r["pid"] == result["pid"]]
 
 
 BUSY_PORT = 5000  # outside its namespace's wide range: ordinary traffic, no self-connect possible
