@@ -1,10 +1,10 @@
 """`selfguard watch`: report every TCP self-connect the kernel makes on this host, and what became of it.
 
 The kernel's `sock:inet_sock_set_state` event fires for every TCP state
-change in every network namespace. A filter in the kernel passes on only the
-transitions that are rare on a healthy host (see FILTER), so the watcher
-wakes for self-connects, aborted and failed connects, and nothing else: an
-ordinary connection that opens and closes costs it nothing.
+change in every network namespace, and `tcp:tcp_destroy_sock` when a socket is
+freed. Filters in the kernel pass on only what is rare on a healthy host (see
+FILTER and DESTROY_FILTER): self-connects, aborts, simultaneous closes, sockets
+freed after a disconnect. An ordinary connection costs the watcher nothing.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ CLOSE_WAIT, LAST_ACK, CLOSING = 8, 9, 11
 # SYN_SENT -> SYN_RECV is a simultaneous open: in practice only a socket meeting itself.
 # ESTABLISHED -> CLOSE is an abort (a guard's in-place reset, SO_LINGER 0, SOCK_DESTROY);
 # -> CLOSING a simultaneous close, which is how a self-connected socket closed by its
-# program ends. Ordinary connections (SYN_SENT -> ESTABLISHED, FIN_WAIT1, TIME_WAIT...)
-# never pass, nor do refused connects (SYN_SENT -> CLOSE: a reconnect loop's dials).
+# program ends (and, rarely, an ordinary one whose two ends close at the same instant).
+# Ordinary transitions (SYN_SENT -> ESTABLISHED, FIN_WAIT1, TIME_WAIT...) never pass,
+# nor do refused dials (SYN_SENT -> CLOSE).
 FILTER = f"(oldstate == {SYN_SENT} && newstate == {SYN_RECV}) || (oldstate == {ESTABLISHED} && newstate == {CLOSE})"
 FILTER += f" || newstate == {CLOSING}"
 
@@ -168,19 +169,21 @@ class Watcher:
         self.lost = 0
         self.summary: Counter[tuple[str, int, str]] = Counter()
         self.clock_offset = time.time() - time.monotonic()
-        # Read at a process's first self-connect, while it still runs: the watcher may
-        # read the next ones after the process is gone.
+        # What each process's namespace and cgroup were when last read: the watcher may
+        # read a process's later self-connects after it is gone.
         self._namespaces: dict[int, Optional[int]] = {}
         self._cgroups: dict[int, Optional[str]] = {}
 
     def _netns(self, pid: int) -> Optional[int]:
-        if self._namespaces.get(pid) is None:
-            if len(self._namespaces) > 4096:
-                self._namespaces.clear()
-                self._cgroups.clear()
-            self._namespaces[pid] = _netns(pid)
-            self._cgroups[pid] = _cgroup(pid)
-        return self._namespaces[pid]
+        netns = _netns(pid)
+        if netns is None:  # gone: what it was when last seen, if it was
+            return self._namespaces.get(pid)
+        if len(self._namespaces) > 4096:
+            self._namespaces.clear()
+            self._cgroups.clear()
+        self._namespaces[pid] = netns
+        self._cgroups[pid] = _cgroup(pid)
+        return netns
 
     def feed(self, line: str) -> None:
         # Most lines are aborts of ordinary connections: drop them before any parsing.
