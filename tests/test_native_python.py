@@ -108,14 +108,21 @@ def test_the_library_reads_the_same_variables():
 @pytest.mark.parametrize(
     "variable, raw, default",
     [
-        ("SELFGUARD_MODE", "strict", "enforce"),
-        ("SELFGUARD_RETRIES", "101", "2"),
-        ("SELFGUARD_RETRY_ADDRNOTAVAIL", "maybe", "true"),
-        ("SELFGUARD", "maybe", "on"),
+        (
+            "SELFGUARD_MODE",
+            "strict",
+            "observe, not the default enforce: a mistyped mode gets the one that changes no outcome",
+        ),
+        ("SELFGUARD_RETRIES", "101", "the default 2"),
+        ("SELFGUARD_RETRY_ADDRNOTAVAIL", "maybe", "the default true"),
+        ("SELFGUARD", "maybe", "the default on"),
     ],
 )
 def test_a_bad_value_is_one_line_on_stderr_naming_the_variable_and_the_default_applies(variable, raw, default):
-    """As the Python guard says it, in any program: one line, the variable, the value, the default used."""
+    """As the Python guard says it, in any program: one line, the variable, the value, what is used instead.
+
+    That is the default, except for a bad mode: observe (see _config._ON_BAD_VALUE), in both guards.
+    """
     require_library()
     done = subprocess.run(
         ["/bin/true"], env=clean_environ(LD_PRELOAD=_native.LIBRARY, **{variable: raw}), capture_output=True, text=True
@@ -124,9 +131,10 @@ def test_a_bad_value_is_one_line_on_stderr_naming_the_variable_and_the_default_a
     lines = done.stderr.splitlines()
     assert 1 == len(lines), done.stderr
     assert lines[0].startswith(f"selfguard (native guard): Invalid value '{raw}' for {variable} environment variable: ")
-    assert lines[0].endswith(f"; using the default {default}")
+    assert lines[0].endswith(f"; using {default}")
     settings = json.loads(preloaded(SETTINGS, **{variable: raw}).stdout)
-    assert {"enabled": True, "mode": "enforce", "retries": 2, "retry_addrnotavail": True} == settings
+    mode = "observe" if variable == "SELFGUARD_MODE" else "enforce"
+    assert {"enabled": True, "mode": mode, "retries": 2, "retry_addrnotavail": True} == settings
 
 
 def test_environment_puts_the_library_first_and_keeps_what_was_there():

@@ -479,7 +479,7 @@ static void warn_invalid(const char *variable, const char *raw, const char *prob
     PUT(variable);
     PUT(" environment variable: ");
     PUT(problem);
-    PUT("; using the default ");
+    PUT("; using ");
     PUT(fallback);
 #undef PUT
     line[n++] = '\n';
@@ -547,14 +547,19 @@ EXPORT int selfguard_native_parse(const char *variable, const char *raw, int *ou
     return 0;
 }
 
-static void configure_one(const char *variable, int *option, const char *problem, const char *fallback) {
+/* A bad value leaves *option at its default, or sets it to bad_value when that is >= 0
+ * (SELFGUARD_MODE: observe, as in selfguard/_config.py's _ON_BAD_VALUE). */
+static void configure_one(const char *variable, int *option, const char *problem, const char *fallback,
+                          int bad_value) {
     const char *raw = getenv(variable);
     int value;
     int parsed = selfguard_native_parse(variable, raw, &value);
     if (parsed == 1)
         *option = value;
-    else if (parsed == 0)
+    else if (parsed == 0) {
+        if (bad_value >= 0) *option = bad_value;
         warn_invalid(variable, raw, problem, fallback);
+    }
 }
 
 static void after_fork_in_child(void) {
@@ -598,10 +603,12 @@ __attribute__((destructor)) static void selfguard_native_unload(void) {
 }
 
 static void configure(void) {
-    configure_one("SELFGUARD", &opt_enabled, BOOL_PROBLEM, "on");
-    configure_one("SELFGUARD_MODE", &opt_mode, MODE_PROBLEM, "enforce");
-    configure_one("SELFGUARD_RETRIES", &opt_retries, RETRIES_PROBLEM, "2");
-    configure_one("SELFGUARD_RETRY_ADDRNOTAVAIL", &opt_retry_addrnotavail, BOOL_PROBLEM, "true");
+    configure_one("SELFGUARD", &opt_enabled, BOOL_PROBLEM, "the default on", -1);
+    configure_one("SELFGUARD_MODE", &opt_mode, MODE_PROBLEM,
+                  "observe, not the default enforce: a mistyped mode gets the one that changes no outcome",
+                  MODE_OBSERVE);
+    configure_one("SELFGUARD_RETRIES", &opt_retries, RETRIES_PROBLEM, "the default 2", -1);
+    configure_one("SELFGUARD_RETRY_ADDRNOTAVAIL", &opt_retry_addrnotavail, BOOL_PROBLEM, "the default true", -1);
 #define RESOLVE(name) resolve(&real_##name, #name)
     RESOLVE(connect), RESOLVE(getsockopt), RESOLVE(sendto), RESOLVE(sendmsg), RESOLVE(bind), RESOLVE(close);
     RESOLVE(socket), RESOLVE(socketpair), RESOLVE(accept), RESOLVE(accept4), RESOLVE(dup), RESOLVE(dup2);
