@@ -139,6 +139,12 @@ def _netns(pid: int) -> Optional[int]:
     return int(link[link.index("[") + 1 : -1])
 
 
+def _in_task(flags: str) -> bool:
+    # The flags' third column is "." in task context: the task is the socket's own. In a
+    # (soft)irq the pid is whichever task the interrupt found running.
+    return len(flags) > 2 and flags[2] == "."
+
+
 def _tgid(tid: int) -> int:
     # The trace prints dashes where it has no thread group id saved yet.
     for line in (_read(f"/proc/{tid}/status") or "").splitlines():
@@ -210,6 +216,10 @@ class Watcher:
         if match is None or int(match["protocol"]) != socket.IPPROTO_TCP:
             return
         old, new = int(match["old"]), int(match["new"])
+        if episode is not None and not episode.pid_sure and _in_task(match["flags"]):
+            # Met in a softirq that ran on behalf of another task; this transition ran in
+            # the socket owner's own call (its disconnect, or its close).
+            self._attribute(episode, match)
         if old == SYN_SENT and new == SYN_RECV:
             if episode is not None:
                 # The same socket met itself again, with no destroy in between: its last
@@ -233,27 +243,19 @@ class Watcher:
         family, port = int(match["family"]), int(match["sport"])
         if match["sport"] != match["dport"] or (family == socket.AF_INET and match["saddr"] != match["daddr"]):
             return  # a true simultaneous open between two sockets: not a self-connect
-        tid = int(match["tid"])
-        pid = int(match["tgid"]) if match["tgid"].isdigit() else _tgid(tid)
-        comm = match["comm"].strip()
-        if comm in ("<...>", ""):
-            comm = (_read(f"/proc/{tid}/comm") or "?").strip()
-        # The flags' third column is "." in task context: the task is the one that was
-        # connecting. In a (soft)irq the pid is whoever the interrupt found running.
-        flags = match["flags"]
         episode = Episode(
             sk=match["sk"],
             seen=float(match["ts"]),
-            pid=pid,
-            tid=tid,
-            comm=comm,
-            pid_sure=len(flags) > 2 and flags[2] == ".",
+            pid=0,
+            tid=0,
+            comm="",
+            pid_sure=False,
             family=family,
             address=_address(family, int(match["saddr"])),
             port=port,
-            netns=self._netns(pid),
-            cgroup=self._cgroups.get(pid),
         )
+        self._attribute(episode, match)
+        pid = episode.pid
         if any(low <= port <= high for low, high in self.reset_ports):
             try:
                 episode.netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
@@ -262,6 +264,19 @@ class Watcher:
             else:
                 episode.reset_due = episode.seen + GRACE
         self.following[episode.sk] = episode
+
+    def _attribute(self, episode: Episode, match: re.Match[str]) -> None:
+        """Name the task the kernel ran *match*'s transition in as the socket's program."""
+        tid = int(match["tid"])
+        episode.tid = tid
+        episode.pid = int(match["tgid"]) if match["tgid"].isdigit() else _tgid(tid)
+        comm = match["comm"].strip()
+        if comm in ("<...>", ""):
+            comm = (_read(f"/proc/{tid}/comm") or "?").strip()
+        episode.comm = comm
+        episode.pid_sure = _in_task(match["flags"])
+        episode.netns = self._netns(episode.pid)
+        episode.cgroup = self._cgroups.get(episode.pid)
 
     def tick(self, now: float) -> None:
         """Decide what time decides: --reset's turn, and sockets that stayed as they were for --settle."""
