@@ -106,7 +106,9 @@ def test_the_library_reads_the_same_variables():
 
 
 # A connect the guard examines: to a listener on a port from the ephemeral range.
-CONNECTS = "import socket; s = socket.create_server(('127.0.0.1', 0)); socket.create_connection(s.getsockname()).close()"
+CONNECTS = (
+    "import socket; s = socket.create_server(('127.0.0.1', 0)); socket.create_connection(s.getsockname()).close()"
+)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,7 @@ CONNECTS = "import socket; s = socket.create_server(('127.0.0.1', 0)); socket.cr
     ],
 )
 def test_a_bad_value_is_one_line_on_stderr_naming_the_variable_and_the_default_applies(variable, raw, default):
-    """As the Python guard says it, at the first connect examined: one line, the variable, the value, the default used."""
+    """As the Python guard says it, at the first connect examined: one line, the variable, the value, the default."""
     require_library()
     done = preloaded(CONNECTS + "; socket.create_connection(s.getsockname()).close()", **{variable: raw})
     assert 0 == done.returncode, done.stderr

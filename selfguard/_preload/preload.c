@@ -819,9 +819,10 @@ static int report_line(char *line, size_t size, const uint64_t *values) {
         n += snprintf(line + n, size - (size_t)n, ", \"%.*s\": %llu", length, name, (unsigned long long)values[i]);
         name += length + 1;
     }
-    if (n <= 0 || (size_t)n + 2 >= size) return -1;
+    if (n <= 0 || (size_t)n + 3 >= size) return -1;
     line[n++] = '}';
     line[n++] = '\n';
+    line[n] = 0;
     return n;
 }
 
