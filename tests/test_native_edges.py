@@ -225,3 +225,24 @@ def test_an_unwritable_report_path_says_so_with_the_counters(tmp_path: Path):
     [said] = done.stderr.splitlines()
     assert said.startswith(f"selfguard (native guard): cannot append to SELFGUARD_NATIVE_REPORT {path} (")
     assert '"gave_up": 1' in said
+
+
+OUT_OF_RANGE_SO_ERROR = r"""
+import json, socket
+from selfguard import _native
+from selfguard._ports import free_port
+server = socket.create_server(("127.0.0.1", free_port(20000, 30000)))  # as Redis's 6379: outside the range
+for _ in range(5):
+    s = socket.socket()
+    s.settimeout(5)  # CPython connects without blocking and reads SO_ERROR, as asyncio does
+    s.connect(server.getsockname())
+    s.close()
+print(json.dumps(_native.counters()))
+"""
+
+
+def test_checked_counts_only_connects_to_ports_inside_the_range():
+    """Five SO_ERROR reads of connects to a port outside the range: nothing examined, nothing counted."""
+    done = preloaded(OUT_OF_RANGE_SO_ERROR)
+    assert 0 == done.returncode, done.stderr
+    assert 0 == json.loads(done.stdout)["checked"]
