@@ -74,13 +74,15 @@
 
 /* ---------------------------------------------------------------- counters */
 
-enum { C_CHECKED, C_SELF_CONNECTS, C_RETRIES, C_GAVE_UP, C_RELENTED, C_ADDRNOTAVAIL, C_FAULTS, N_COUNTERS };
-/* The names of selfguard.stats(), in the order of the array. */
+/* The counters of selfguard.stats(), by name, in one list: the enum and the names the
+ * report and selfguard_native_counter_names() give come from it, so they cannot part. */
 #define COUNTER_LIST(X) X(checked) X(self_connects) X(retries) X(gave_up) X(relented) X(addrnotavail) X(faults)
+#define COUNTER_ENUM(name) C_##name,
 #define COUNTER_NAME(name) #name " "
-#define COUNTER_ONE(name) +1
+enum { COUNTER_LIST(COUNTER_ENUM) N_COUNTERS };
 static const char COUNTER_NAMES_SPACED[] = COUNTER_LIST(COUNTER_NAME);
-_Static_assert((0 COUNTER_LIST(COUNTER_ONE)) == N_COUNTERS, "one name per counter, in the order of the enum");
+_Static_assert(N_COUNTERS == 7 && C_checked == 0 && C_faults == 6,
+               "the names of selfguard.stats() (selfguard/_events.py), in its order: update both together");
 static _Atomic uint64_t counters[N_COUNTERS];
 
 static inline void count(int which) { atomic_fetch_add_explicit(&counters[which], 1, memory_order_relaxed); }
@@ -336,7 +338,7 @@ static int in_range(unsigned port) {
     atomic_store_explicit(&range_read_at, now ? now : 1, memory_order_relaxed);
     unsigned low, high;
     if (read_range(&low, &high) != 0) {
-        count(C_FAULTS);
+        count(C_faults);
         return 1;
     }
     uint32_t merged;
@@ -413,15 +415,15 @@ static int connected_to_itself(int fd, unsigned port) {
     struct sockaddr_storage local;
     socklen_t len;
     if (sys_getsockname(fd, &local, &len) != 0) {
-        if (hint) count(C_FAULTS);
+        if (hint) count(C_faults);
         return 0;
     }
     if (local_port(&local) != port) {
-        if (hint) count(C_CHECKED);
+        if (hint) count(C_checked);
         return 0;
     }
     int self = peer_is_self(fd, &local);
-    if (hint || self) count(C_CHECKED);
+    if (hint || self) count(C_checked);
     return self;
 }
 
@@ -453,19 +455,19 @@ static int disconnect(int fd) {
 static int on_self_connect(int fd, int attempt, int can_retry) {
     if (fd_load(fd) & FD_HANDED) return ACT_HAND_BACK; /* reported once is enough */
     int last = !can_retry || attempt > opt_retries;
-    count(C_SELF_CONNECTS);
+    count(C_self_connects);
     if (opt_mode == MODE_OBSERVE || (last && opt_mode == MODE_RELENT)) {
-        if (opt_mode == MODE_RELENT) count(C_RELENTED);
+        if (opt_mode == MODE_RELENT) count(C_relented);
         fd_add(fd, FD_HANDED);
         return ACT_HAND_BACK;
     }
     if (disconnect(fd) != 0) {
-        count(C_FAULTS);
+        count(C_faults);
         fd_add(fd, FD_HANDED);
         return ACT_HAND_BACK;
     }
     if (last) {
-        count(C_GAVE_UP);
+        count(C_gave_up);
         return ACT_REFUSE;
     }
     return ACT_RETRY;
@@ -475,7 +477,7 @@ static int on_self_connect(int fd, int attempt, int can_retry) {
  * towards that very address can make it spurious): retry? (_policy.on_addrnotavail) */
 static int on_addrnotavail(int fd, int attempt, int can_retry) {
     if (!opt_retry_addrnotavail || bound_on_purpose(fd)) return ACT_HAND_BACK;
-    count(C_ADDRNOTAVAIL);
+    count(C_addrnotavail);
     if (!can_retry || attempt > opt_retries) return ACT_HAND_BACK;
     return ACT_RETRY;
 }
@@ -548,7 +550,7 @@ static int settle_connect(connect_fn conn, int fd, const struct sockaddr *addr, 
             errno = EADDRNOTAVAIL;
             return -1;
         }
-        count(C_RETRIES);
+        count(C_retries);
         errno = caller_errno;
         if (conn(fd, addr, len) == 0) {
             if (!connected_to_itself(fd, port)) {
@@ -580,7 +582,7 @@ static ssize_t settle_fast_open(int fd, unsigned port, ssize_t rc, int caller_er
             errno = caller_errno;
             return rc;
         }
-        count(C_RETRIES);
+        count(C_retries);
         errno = caller_errno;
         rc = again(call);
         if (rc < 0) return rc; /* refused, as the kernel said it */
@@ -962,12 +964,12 @@ EXPORT int getsockopt(int fd, int level, int name, void *value, socklen_t *len) 
     say_pending_warnings();
     int hint = (state & FD_TCP) != 0;
     if (sys_getsockname(fd, &local, &ll) != 0) {
-        if (hint) count(C_FAULTS);
+        if (hint) count(C_faults);
         errno = saved;
         return rc;
     }
     int self = same_endpoint(&local, &peer) && kernel_says_tcp(fd) && !bound_on_purpose(fd);
-    if (hint || self) count(C_CHECKED);
+    if (hint || self) count(C_checked);
     if (self && on_self_connect(fd, 1, 0) == ACT_REFUSE) {
         int refused = ECONNREFUSED;
         memcpy(value, &refused, n);
