@@ -246,3 +246,26 @@ def test_checked_counts_only_connects_to_ports_inside_the_range():
     done = preloaded(OUT_OF_RANGE_SO_ERROR)
     assert 0 == done.returncode, done.stderr
     assert 0 == json.loads(done.stdout)["checked"]
+
+
+STDERR_IS_A_CONNECTION = r"""
+import os, socket
+server = socket.create_server(("127.0.0.1", 0))  # a port from the ephemeral range: the connect is examined
+os.close(2)  # a daemon without stderr: the next socket takes fd 2
+client = socket.socket()
+assert 2 == client.fileno()
+client.connect(server.getsockname())
+peer, _ = server.accept()
+peer.settimeout(0.5)
+try:
+    got = peer.recv(1000)
+except TimeoutError:
+    got = b""
+print(repr(got))
+"""
+
+
+def test_a_warning_is_never_written_into_a_connection_on_fd_2():
+    """A daemon that closed stderr has a TCP socket there: the bad setting is not said into the peer's stream."""
+    done = preloaded(STDERR_IS_A_CONNECTION, SELFGUARD_MODE="strict")
+    assert (0, "b''\n") == (done.returncode, done.stdout), done.stderr

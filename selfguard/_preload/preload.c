@@ -139,6 +139,21 @@ static uint64_t socket_inode(int fd) {
     return S_ISSOCK(st.st_mode) ? (uint64_t)st.st_ino : 0;
 }
 
+/* May a line go to fd 2? Not when it is a TCP or UDP socket: a daemon that closed its
+ * stderr may have a connection there by now (a line written into it would be data for the
+ * peer). A unix socket (systemd's journal), a pipe, a file or a terminal is fine. */
+static int stderr_takes_lines(void) {
+    struct stat st;
+#ifdef SYS_fstat
+    if (syscall(SYS_fstat, 2, &st) != 0) return 0;
+#else
+    if (syscall(SYS_newfstatat, 2, "", &st, AT_EMPTY_PATH) != 0) return 0;
+#endif
+    if (!S_ISSOCK(st.st_mode)) return 1;
+    int domain;
+    return sys_getsockopt_int(2, SOL_SOCKET, SO_DOMAIN, &domain) == 0 && domain != AF_INET && domain != AF_INET6;
+}
+
 /* The vDSO's clock_gettime, found at start-up (no system call, and no other library can
  * interpose it); the raw system call where there is none. */
 typedef int (*clock_fn)(clockid_t, struct timespec *);
@@ -655,14 +670,14 @@ static void prepare_warning(int setting, const char *raw, const char *problem, c
 static inline void say_pending_warnings(void) {
     if (LIKELY(!atomic_load_explicit(&warnings_pending, memory_order_relaxed))) return;
     if (!atomic_exchange_explicit(&warnings_pending, 0, memory_order_acquire)) return;
+    int saved = errno;
+    int can_say = stderr_takes_lines();
     for (int i = 0; i < N_SETTINGS; i++) {
         int expected = WARNING_PENDING;
-        if (atomic_compare_exchange_strong(&warning_state[i], &expected, WARNING_SAID)) {
-            int saved = errno;
+        if (atomic_compare_exchange_strong(&warning_state[i], &expected, WARNING_SAID) && can_say)
             sys_write_all(2, warning_lines[i], warning_lengths[i]);
-            errno = saved;
-        }
     }
+    errno = saved;
 }
 
 /* Python's str.strip() of ASCII whitespace: \t\n\v\f\r, \x1c-\x1f and space. */
@@ -868,7 +883,7 @@ __attribute__((destructor)) static void selfguard_native_unload(void) {
         char warning[1600];
         int w = snprintf(warning, sizeof warning, "selfguard (native guard): cannot append to SELFGUARD_NATIVE_REPORT %s (%s); the counters: %s",
                          report_path, problem, line);
-        if (w > 0) sys_write_all(2, warning, (size_t)w < sizeof warning ? (size_t)w : sizeof warning - 1);
+        if (w > 0 && stderr_takes_lines()) sys_write_all(2, warning, (size_t)w < sizeof warning ? (size_t)w : sizeof warning - 1);
     }
     errno = saved;
 }
