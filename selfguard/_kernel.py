@@ -64,19 +64,34 @@ def read_sysctl_text(path: str) -> str:
     return data.decode("ascii")
 
 
-def write_port_list(fd: int, text: str) -> None:
-    """Write the port list *text* ("8080,9000-9010") whole to a port-list sysctl opened (offset 0) as *fd*.
+def write_port_list(fd: int, text: str, restore: Optional[str] = None) -> None:
+    """Write the port list *text* ("8080,9000-9010") whole to a port-list sysctl opened as *fd*.
 
     The kernel takes at most 4095 bytes a write, and only up to the last whole
-    item: the first write (at offset 0) replaces the set with what it parsed,
-    and writes at a later offset add to it. So the rest is written at the
-    offset the last write reached, until all of it is taken. The newline makes
-    an empty list clear the set (an empty write changes nothing).
+    item: a write at offset 0 replaces the set with what it parsed, and writes at
+    a later offset add to it. So the rest is written at the offset the last
+    write reached, until all of it is taken. The newline makes an empty list
+    clear the set (an empty write changes nothing). When the kernel refuses a
+    piece after the first replaced the set, *restore* (the list as it was) is
+    written back before the error is raised: a half-written list would drop
+    reservations.
     """
+    try:
+        _write_whole(fd, text)
+    except OSError:
+        if restore is not None:
+            try:
+                _write_whole(fd, restore)
+            except OSError:
+                pass  # the first error is the one to report
+        raise
+
+
+def _write_whole(fd: int, text: str) -> None:
     data = (text + "\n").encode("ascii")
     done = 0
     while done < len(data):  # bounded: every pass takes at least one byte
-        taken = os.write(fd, data[done:])
+        taken = os.pwrite(fd, data[done:], done)
         if taken <= 0:
             raise OSError(errno.EIO, f"the kernel took {done} of {len(data)} bytes of the port list")
         done += taken

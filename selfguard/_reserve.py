@@ -147,7 +147,7 @@ def carry_out(plan: Plan) -> None:
                 raise CannotRun(f"cannot write {persist.path}: {exc.strerror}") from exc
         if fd is not None:
             try:
-                write_port_list(fd, sysctl.after)
+                write_port_list(fd, sysctl.after, restore=sysctl.before)
             except OSError as exc:
                 raise CannotRun(f"the kernel refused {SYSCTL}={sysctl.after}: {exc.strerror}") from exc
             sysctl.written = True

@@ -329,3 +329,25 @@ def test_a_read_only_proc_sys_as_in_a_container_points_to_the_recipes():
         "selfguard doctor: cannot write /proc/sys/net/ipv4/ip_local_reserved_ports: Read-only file system; "
         "in a container, set it with the container's sysctls (the doctor prints recipes)"
     ] == done.stderr.splitlines()
+
+
+def test_a_list_the_kernel_refuses_half_way_is_put_back_as_it_was():
+    """The first 4095 bytes replace the set; when a later piece is refused, the old list is written back."""
+    found = in_netns(
+        """
+from selfguard._kernel import write_port_list
+sysctl("ip_local_reserved_ports", "1000,40100,40200-40210")
+before = sysctl("ip_local_reserved_ports")
+bad = ",".join(str(port) for port in range(1025, 5025, 2)) + ",70000"  # 12 KB; the last piece is refused
+fd = os.open(PROC + "ip_local_reserved_ports", os.O_WRONLY)
+try:
+    write_port_list(fd, bad, restore=before)
+    error = None
+except OSError as exc:
+    error = exc.errno
+os.close(fd)
+result = {"error": error, "before": before, "after": sysctl("ip_local_reserved_ports")}
+"""
+    )
+    assert 22 == found["error"]  # EINVAL
+    assert found["before"] == found["after"] == "1000,40100,40200-40210"
