@@ -26,10 +26,18 @@ exit status (every command but run, which passes CMD's own on):
   {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write a sysctl"""
 
 
-def _with_default_command(argv: Sequence[str]) -> list[str]:
+def _with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str], names: Sequence[str]) -> list[str]:
     # A bare `selfguard` runs repro, so `selfguard --json` must too: the
     # default command's options would otherwise meet the top-level parser.
     if not argv or (argv[0].startswith("-") and argv[0] not in TOP_LEVEL_OPTIONS):
+        # `selfguard --max-attempts 5 doctor`: an option before a command
+        # belongs to no command; handed to repro, the error would blame repro.
+        named = next((word for word in argv if word in names), None)
+        if named is not None:
+            parser.error(
+                f"{argv[0]} comes before the command {named}: a command's options go after it "
+                f"(`selfguard {named} --help` lists {named}'s)"
+            )
         return ["repro", *argv]
     return list(argv)
 
@@ -50,7 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=CommandParser)
     for command in (_repro, _doctor, _run):
         command.register(commands)
-    args = parser.parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(
+        _with_default_command(parser, sys.argv[1:] if argv is None else argv, list(commands.choices))
+    )
     try:
         status: int = args.func(args)
     except CannotRun as exc:

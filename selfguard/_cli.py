@@ -68,3 +68,21 @@ def positive_seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds above 0")
     return value
+
+
+def pid_number(text: str) -> int:
+    """argparse type for a process id: a whole number above 0 (kill(2) reads -3 as a process group)."""
+    if not re.fullmatch(r"[0-9]+", text) or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid process id {text!r}: expected a whole number above 0")
+    return int(text)
+
+
+def nonnegative_seconds(text: str) -> float:
+    """argparse type for a finite number of seconds, 0 or above."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number of seconds, 0 or above")
+    return value

@@ -110,6 +110,17 @@ def _check_bool(value: Any) -> bool:
     return bool(value)
 
 
+# A bad SELFGUARD_MODE is a typo of some mode ("strict", "obsreve"); which one
+# was meant, nobody can tell. The guard must never surprise, so it takes the
+# mode that changes no outcome a program sees -- observe, which only counts
+# and logs -- rather than the default, enforce, the one that raises
+# SelfConnectError: a cautious rollout that meant observe must not find its
+# connects retried and refused. The warning says so; the counters still count.
+# Every other bad value falls back to its default (as does an empty one).
+_ON_BAD_VALUE: dict[str, tuple[Any, str]] = {
+    "mode": ("observe", "observe, not the default enforce: a mistyped mode gets the one that changes no outcome"),
+}
+
 # option name -> (parser for environment text, checker for Python values)
 _RULES: dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]] = {
     "mode": (_parse_mode, _check_mode),
@@ -122,8 +133,9 @@ def resolve(arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] =
     """Build Options: explicit arguments, then SELFGUARD_* variables, then defaults.
 
     A bad argument raises (it is a bug in the caller's code). A bad environment
-    value only warns, naming the variable, and the default is used: a typo in a
-    deployment must never stop an interpreter from starting.
+    value only warns, naming the variable, and the default is used (observe for
+    a bad mode: see _ON_BAD_VALUE): a typo in a deployment must never stop an
+    interpreter from starting.
     """
     environ = os.environ if environ is None else environ
     unknown = sorted(set(arguments) - set(_RULES))
@@ -145,7 +157,10 @@ def resolve(arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] =
         try:
             values[name] = parse(raw)
         except ValueError as exc:
-            _warn_once(variable, raw, str(exc), _env_text(Options._field_defaults[name]))
+            fallback, using = _ON_BAD_VALUE.get(name, (None, ""))
+            if fallback is not None:
+                values[name] = fallback
+            _warn_once(variable, raw, str(exc), using or "the default " + _env_text(Options._field_defaults[name]))
     return Options(**values)
 
 
@@ -158,7 +173,7 @@ def enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     try:
         return _parse_bool(raw)
     except ValueError as exc:
-        _warn_once("SELFGUARD", raw, str(exc), "on")
+        _warn_once("SELFGUARD", raw, str(exc), "the default on")
         return True
 
 
@@ -172,7 +187,7 @@ def forget_warnings() -> None:
     _warned.clear()
 
 
-def _warn_once(variable: str, raw: str, problem: str, default: str) -> None:
+def _warn_once(variable: str, raw: str, problem: str, using: str) -> None:
     if (variable, raw) in _warned:
         return
     _warned.add((variable, raw))
@@ -180,9 +195,7 @@ def _warn_once(variable: str, raw: str, problem: str, default: str) -> None:
 
     if _native.said_by_the_native_guard(variable):
         return  # one mistake, one warning, in a process with both guards
-    message = (
-        f"Invalid value {_shorten(raw)} for {variable} environment variable: {problem}; using the default {default}"
-    )
+    message = f"Invalid value {_shorten(raw)} for {variable} environment variable: {problem}; using {using}"
     try:
         # Attributed to the environment, not to a line of code: the fix is in
         # the deployment, and the line that happened to read the variable

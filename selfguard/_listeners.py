@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Sequence
+from typing import Optional, Sequence
 
 TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 LISTEN = "0A"  # TCP_LISTEN in include/net/tcp_states.h, as /proc/net/tcp prints it
@@ -37,16 +37,16 @@ def listening_sockets(tables: Sequence[str] = TCP_TABLES) -> list[tuple[int, str
     return found
 
 
-def socket_owners(inodes: set[int], proc: str = "/proc") -> dict[int, list[str]]:
-    """Map socket inodes to the processes holding them ("name[pid]"), as far as this user may look."""
-    owners: dict[int, list[str]] = {}
+def socket_owners(inodes: set[int], proc: str = "/proc") -> dict[int, list[tuple[str, int]]]:
+    """Map socket inodes to the processes holding them, (name, pid), as far as this user may look."""
+    owners: dict[int, list[tuple[str, int]]] = {}
     if not inodes:
         return owners
     for pid in filter(str.isdigit, os.listdir(proc)):
         held = set()
         try:
             fds = os.listdir(f"{proc}/{pid}/fd")
-        except OSError:  # another user's process, or one that just exited
+        except OSError:  # another user's process (root only may look), or one that just exited
             continue
         for fd in fds:
             try:
@@ -64,5 +64,23 @@ def socket_owners(inodes: set[int], proc: str = "/proc") -> dict[int, list[str]]
         except OSError:
             name = "?"
         for inode in held:
-            owners.setdefault(inode, []).append(f"{name}[{pid}]")
+            owners.setdefault(inode, []).append((name, int(pid)))
     return owners
+
+
+def process_age(pid: int, proc: str = "/proc") -> Optional[float]:
+    """Seconds since process *pid* started, or None if it is gone or unreadable.
+
+    proc(5): field 22 of /proc/PID/stat is the start time in clock ticks after
+    boot; /proc/uptime is now, in seconds after boot (both in this time namespace).
+    """
+    try:
+        with open(f"{proc}/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"{proc}/uptime") as f:
+            uptime = float(f.read().split()[0])
+        # The command name (field 2, in parentheses) may hold spaces and ")": split after its last ")".
+        started = int(stat.rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - started)

@@ -90,3 +90,23 @@ def port_number(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a whole number from 1 to 65535")
     return int(text)
+
+
+def port_list(text: str) -> list[int]:
+    """argparse type for ports written one by one or comma-separated ("6379,8080"), each as port_number takes it."""
+    return [port_number(part) for part in text.split(",")]
+
+
+def without(ranges: Iterable[tuple[int, int]], ports: Container[int]) -> list[tuple[int, int]]:
+    """*ranges* with the single *ports* taken out (a range split around each one)."""
+    out: list[tuple[int, int]] = []
+    for low, high in ranges:
+        start = low
+        for port in range(low, high + 1):
+            if port in ports:
+                if start < port:
+                    out.append((start, port - 1))
+                start = port + 1
+        if start <= high:
+            out.append((start, high))
+    return out

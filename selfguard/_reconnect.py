@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ class Phase:
     attempts: int = 0
     self_connects: int = 0
     self_connects_per_100000: Optional[float] = None  # self_connects for each 100,000 attempts
+    # The 95% interval of the rate per 100,000 dials that one sample allows: see first_hit_interval.
+    per_100000_95_interval: Optional[list[float]] = None
     seconds: float = 0.0
     echo: Optional[str] = None  # unguarded: what the socket read back after sending b"PING"
     caller_saw: Optional[str] = None  # guarded: what connect() told the caller when the guard caught one
@@ -46,6 +49,26 @@ class Phase:
         self.self_connects = n
         if self.attempts:
             self.self_connects_per_100000 = round(n * 100_000 / self.attempts, 1)
+            if n:
+                low, high = first_hit_interval(self.attempts)
+                self.per_100000_95_interval = [round(low * 100_000, 1), round(high * 100_000, 1)]
+
+
+def first_hit_interval(dials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact interval for a per-dial chance p, from one sample: the first hit came at dial *dials*.
+
+    A phase stops at its first self-connect, so what it measured is how many
+    dials the first one took (a geometric sample), not a count over a fixed
+    number of dials. The interval runs from the p under which a first hit by
+    dial *dials* is that unlikely ((1 - confidence) / 2) to the p under which
+    no hit in the *dials* - 1 dials before is that unlikely: the Clopper-Pearson
+    construction for this stopping rule. For 1,261 dials: 2.0 to 292.3 per 100,000.
+    """
+    tail = (1 - confidence) / 2
+    # 1 - (1 - p)**n = tail and (1 - p)**(n - 1) = tail, solved for p without cancelling digits.
+    low = -math.expm1(math.log1p(-tail) / dials)
+    high = -math.expm1(math.log(tail) / (dials - 1)) if dials > 1 else 1.0
+    return low, high
 
 
 def bind_error(port: int) -> Optional[str]:

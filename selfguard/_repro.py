@@ -119,10 +119,13 @@ def heading(low: int, high: int, max_attempts: int, max_seconds: float) -> str:
 
 
 def _rate(phase: dict[str, Any]) -> str:
+    # One phase is one sample (the dial of its first self-connect): the rate it
+    # gives is a rough figure, so it comes with the interval it allows.
+    low, high = phase["per_100000_95_interval"]
     n = phase["self_connects"]
     return (
         f"   self-connect rate to an {phase['parity']} port: {phase['self_connects_per_100000']:,g} per 100,000 dials "
-        f"(from {count(n)} self-connect{'' if n == 1 else 's'})"
+        f"(from {count(n)} self-connect{'' if n == 1 else 's'}: anywhere from {low:,g} to {high:,g} at 95% confidence)"
     )
 
 

@@ -6,16 +6,19 @@ import errno
 import os
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from ._cli import CannotRun
 from ._kernel import parse_port_list, read_sysctl_text, write_port_list
-from ._ports import covers, format_port_list
+from ._ports import covers, format_port_list, without
 
 SYSCTL = "net.ipv4.ip_local_reserved_ports"
 RESERVED_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 NEW_FILE_HEADER = "# Written by `selfguard doctor --apply --persist`: ports the kernel never picks as source ports."
+# The comment above the setting that records the ports the doctor itself
+# added: --prune removes only those, never a reservation of the operator's.
+RECORD_PREFIX = "# selfguard doctor added:"
 
 Ranges = list[tuple[int, int]]
 
@@ -29,6 +32,8 @@ class Change:
     after: str
     changed: bool
     written: bool = False
+    recorded_before: Optional[str] = None  # a sysctl.d file: the ports recorded as the doctor's (RECORD_PREFIX)
+    recorded_after: Optional[str] = None
 
 
 def read_reserved() -> Ranges:
@@ -61,20 +66,49 @@ def _read_conf(path: str) -> tuple[list[str], Optional[Ranges]]:
     return lines, found
 
 
-def _conf_text(lines: list[str], setting: str) -> str:
-    """*lines* with the first setting of SYSCTL replaced by *setting* and any later one dropped; else it is added."""
+def _is_record(line: str) -> bool:
+    return line.startswith(RECORD_PREFIX)
+
+
+def read_record(lines: list[str]) -> Ranges:
+    """The ports a sysctl.d file's RECORD_PREFIX lines say the doctor added (none: no such line)."""
+    found: Ranges = []
+    for line in lines:
+        if _is_record(line):
+            found += parse_port_list(line[len(RECORD_PREFIX) :])
+    return found
+
+
+def recorded_ports(path: str) -> Ranges:
+    """The ports the sysctl.d file *path* records as the doctor's (none if it does not exist), or CannotRun."""
+    try:
+        lines, _ = _read_conf(os.path.realpath(path))
+        return read_record(lines)
+    except (OSError, ValueError) as exc:
+        raise CannotRun(f"cannot read {path}: {exc}") from exc
+
+
+def _conf_text(lines: list[str], setting: str, record: str = "") -> str:
+    """*lines* with the first setting of SYSCTL replaced by *setting* and any later one dropped; else it is added.
+
+    The *record* of the doctor's own ports goes on the line above the setting
+    (an old record line is dropped); an empty one is left out.
+    """
     out: list[str] = []
     replaced = False
+    above = [f"{RECORD_PREFIX} {record}"] if record else []
     for line in lines:
+        if _is_record(line):
+            continue
         if not _is_setting(line):
             out.append(line)
         elif not replaced:
-            out.append(setting)
+            out += [*above, setting]
             replaced = True
     if not lines:
         out.append(NEW_FILE_HEADER)
     if not replaced:
-        out.append(setting)
+        out += [*above, setting]
     return "\n".join(out) + "\n"
 
 
@@ -86,19 +120,24 @@ class Plan:
     persist: Optional[Change]
     ports: list[int]  # the ports at risk it reserves
     conf_text: Optional[str] = None  # the file's new content, when it changes
+    removed: list[int] = field(default_factory=list)  # --prune: the doctor's own ports it unreserves
 
 
-def plan(at_risk: Sequence[int], checked: Sequence[int], persist: Optional[str]) -> Plan:
+def plan(at_risk: Sequence[int], checked: Sequence[int], persist: Optional[str], prune: Sequence[int] = ()) -> Plan:
     """Work out the changes: the ports at risk added to the live list; to the file, when a *checked* port is not in it.
 
     *checked* are the ports in the ephemeral range the doctor looked at (at
     risk, or reserved already): a reservation made live earlier without
-    --persist still needs its line to survive a reboot.
+    --persist still needs its line to survive a reboot. The file records the
+    ports at risk as the doctor's own. *prune* (ports the file records as the
+    doctor's, none listening) come out of the live list, the file and its record.
     """
+    gone = set(prune)
     live = read_reserved()
-    live_after = live + [(port, port) for port in at_risk]
-    sysctl = Change(RESERVED_FILE, format_port_list(live), format_port_list(live_after), changed=bool(at_risk))
-    result = Plan(sysctl, None, list(at_risk))
+    live_after = without(live + [(port, port) for port in at_risk], gone)
+    before, after = format_port_list(live), format_port_list(live_after)
+    sysctl = Change(RESERVED_FILE, before, after, changed=after != before)
+    result = Plan(sysctl, None, list(at_risk), removed=sorted(port for port in gone if covers(live, port)))
     if persist is not None:
         # A symlink (99-sysctl.conf -> ../sysctl.conf) is replaced through, not over.
         path = os.path.realpath(persist)
@@ -106,13 +145,41 @@ def plan(at_risk: Sequence[int], checked: Sequence[int], persist: Optional[str])
             lines, in_file = _read_conf(path)
         except (OSError, ValueError) as exc:
             raise CannotRun(f"cannot read {persist}: {exc}") from exc
+        record = read_record(lines)
+        record_after = format_port_list(without(record + [(port, port) for port in at_risk], gone))
         missing = [port for port in checked if not covers(in_file or [], port)]
-        before = None if in_file is None else format_port_list(in_file)
-        after = format_port_list((in_file or []) + live_after) if missing else (before or "")
-        result.persist = Change(path, before, after, changed=bool(missing))
-        if missing:
-            result.conf_text = _conf_text(lines, f"{SYSCTL} = {after}")
+        changed = (
+            bool(missing)
+            or any(covers(in_file or [], port) for port in gone)
+            or record_after != format_port_list(record)
+        )
+        file_before = None if in_file is None else format_port_list(in_file)
+        file_after = format_port_list(without((in_file or []) + live_after, gone)) if changed else (file_before or "")
+        result.persist = Change(path, file_before, file_after, changed, False, format_port_list(record), record_after)
+        if changed:
+            result.conf_text = _conf_text(lines, f"{SYSCTL} = {file_after}", record_after)
     return result
+
+
+def rights_problem(plan: Plan) -> Optional[str]:
+    """Why carry_out(*plan*) would fail for want of a right to write, or None; for --dry-run, so it writes nothing."""
+    if plan.sysctl.changed:
+        try:
+            os.close(os.open(RESERVED_FILE, os.O_WRONLY))  # opening a /proc/sys file changes nothing
+        except OSError as exc:
+            if exc.errno == errno.EROFS:
+                return (
+                    f"cannot write {RESERVED_FILE}: {exc.strerror}; in a container, set it with the "
+                    "container's sysctls (the recipes above)"
+                )
+            return f"--apply needs root: cannot write {RESERVED_FILE}: {exc.strerror}"
+    if plan.persist is not None and plan.persist.changed:
+        directory = os.path.dirname(plan.persist.path)
+        if not os.path.isdir(directory):
+            return f"cannot write {plan.persist.path}: {os.strerror(errno.ENOENT)}"
+        if not os.access(directory, os.W_OK):  # the new file is made there, then renamed over the old one
+            return f"cannot write {plan.persist.path}: {os.strerror(errno.EACCES)}"
+    return None
 
 
 def carry_out(plan: Plan) -> None:
@@ -213,28 +280,42 @@ def render_apply(apply: dict[str, Any], conf_hint: str) -> list[str]:
     """What --apply (or --dry-run) did or would do, as lines of the doctor's text report."""
     dry = apply["dry_run"]
     live, conf = apply["sysctl"], apply["persist"]
+    if live is None:  # it could not even work out the change
+        return [f"Not applied: {apply['error']}"]
+    changed = live["changed"] or bool(conf and conf["changed"])
     if dry:
         lines = ["Dry run, nothing written:"]
+    elif apply["error"]:
+        lines = [f"Not applied: {apply['error']}"]
+        if changed:
+            lines.append("What --apply would have changed:")
     else:
-        lines = ["Applied:" if live["changed"] or (conf and conf["changed"]) else "Nothing to apply:"]
+        lines = ["Applied:" if changed else "Nothing to apply:"]
+    not_yet = dry or bool(apply["error"])
     if live["changed"]:
         lines += [
-            f"  {'would set' if dry else 'set'} {SYSCTL} ({live['path']}):",
+            f"  {'would set' if not_yet else 'set'} {SYSCTL} ({live['path']}):",
             f"    before: {live['before'] or '(none)'}",
-            f"    after:  {live['after']}",
+            f"    after:  {live['after'] or '(none)'}",
         ]
+        if apply["removed"]:
+            lines.append(f"    unreserved (--prune): {format_port_list((p, p) for p in apply['removed'])}")
     else:
-        lines.append(f"  {SYSCTL} unchanged: no port at risk")
+        lines.append(f"  {SYSCTL} unchanged: no port proposed")
     if conf is None:
         if live["changed"]:
             lines.append(f"  not persisted: it lasts until reboot; add --persist {conf_hint} to keep it")
     elif conf["changed"]:
         before = "(no such setting)" if conf["before"] is None else f"{SYSCTL} = {conf['before']}"
         lines += [
-            f"  {'would write' if dry else 'wrote'} {conf['path']}:",
+            f"  {'would write' if not_yet else 'wrote'} {conf['path']}:",
             f"    before: {before}",
             f"    after:  {SYSCTL} = {conf['after']}",
+            f"    ports recorded as the doctor's: {conf['recorded_before'] or '(none)'} -> "
+            f"{conf['recorded_after'] or '(none)'}",
         ]
     else:
         lines.append(f"  {conf['path']} unchanged: it already reserves every port checked in the range")
+    if dry and apply.get("would_fail"):
+        lines.append(f"The real --apply would fail: {apply['would_fail']}")
     return lines

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # turn, runs any sitecustomize it hides).
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
 
-USAGE = "selfguard run [-h] [--native] [--] CMD [ARGS...]"
+USAGE = "selfguard run [-h] [--native] [--strict] [--] CMD [ARGS...]"
 WRITE_IT = "selfguard run -- CMD [ARGS...]"
 
 DESCRIPTION = f"""\
@@ -63,6 +63,15 @@ def register(commands: Commands) -> None:
         ),
     )
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=(
+            "refuse to run unguarded: a Python interpreter of CMD's tree that lacks selfguard (or is older than "
+            "3.9) exits with status 3 before running anything, instead of running unguarded with a warning "
+            "(sets SELFGUARD_REQUIRE=1)"
+        ),
+    )
+    parser.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]", help="the command to run, with its arguments"
     )
 
@@ -70,7 +79,7 @@ def register(commands: Commands) -> None:
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not command:
             parser.error(f"nothing to run: {WRITE_IT}")
-        return run(command, native=args.native)
+        return run(command, native=args.native, strict=args.strict)
 
     parser.set_defaults(func=handle)
 
@@ -85,9 +94,11 @@ def environment(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run(command: list[str], native: bool = False) -> int:
+def run(command: list[str], native: bool = False, strict: bool = False) -> int:
     """Replace this process with the command: its exit status, signals and stdio are the command's own."""
     env = environment(dict(os.environ))
+    if strict:
+        env["SELFGUARD_REQUIRE"] = "1"  # read by the sitecustomize of every Python interpreter below
     if native:
         try:
             env = _native.environment(env)

@@ -135,3 +135,44 @@ def test_an_unreadable_proc_is_could_not_run_not_a_usage_error(command):
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"selfguard {command[0]}: ")
     assert "cannot read the ephemeral port range from /proc/sys/net/ipv4/ip_local_port_range" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "command"), [(["--max-attempts", "5", "doctor"], "doctor"), (["--json", "run"], "run")]
+)
+def test_an_option_before_a_command_names_that_command_not_repro(args, command):
+    """`selfguard --max-attempts 5 doctor` is told that options go after their command, and repro is not blamed."""
+    done = cli(*args)
+    assert (2, "") == (done.returncode, done.stdout)
+    assert "repro" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"selfguard: error: {args[0]} comes before the command {command}: a command's options go after it "
+        f"(`selfguard {command} --help` lists {command}'s)"
+    )
+
+
+@pytest.mark.parametrize("bad", ["-3", "0", "abc", "1.5", ""])
+def test_a_bad_pid_is_a_usage_error(bad):
+    """doctor --pid takes a process id above 0: -3 (a process group to kill(2)) and 0 are refused, naming the option."""
+    done = cli("doctor", "--pid", bad)
+    assert (2, "") == (done.returncode, done.stdout)
+    assert f"argument --pid: invalid process id {bad!r}: expected a whole number above 0" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "bad"), [("--min-age", "-1"), ("--min-age", "nan"), ("--exclude", "0"), ("--port", "80,x")]
+)
+def test_doctors_choice_options_reject_bad_values(option, bad):
+    """--min-age takes seconds from 0 up; --exclude and --port take ports, one by one or comma-separated."""
+    done = cli("doctor", option, bad)
+    assert (2, "") == (done.returncode, done.stdout)
+    assert f"argument {option}: invalid " in done.stderr.splitlines()[-1]
+
+
+def test_only_without_a_named_port_is_a_usage_error():
+    """--only keeps to the ports named with --port: with none named it would silently reserve nothing."""
+    done = cli("doctor", "--only")
+    assert (2, "") == (done.returncode, done.stdout)
+    assert done.stderr.splitlines()[-1] == (
+        "selfguard doctor: error: --only keeps to the ports named with --port: name some (--port P[,P...])"
+    )

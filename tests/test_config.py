@@ -33,9 +33,7 @@ def test_arguments_win_over_the_environment():
         ("SELFGUARD_RETRIES", "abc"),
         ("SELFGUARD_RETRIES", "-1"),
         ("SELFGUARD_RETRIES", "101"),
-        ("SELFGUARD_MODE", "strict"),
         ("SELFGUARD_RETRY_ADDRNOTAVAIL", "maybe"),
-        ("SELFGUARD_MODE", "é" * 10_000),
     ],
 )
 def test_a_bad_environment_value_warns_naming_the_variable_and_uses_the_default(variable, raw):
@@ -47,6 +45,34 @@ def test_a_bad_environment_value_warns_naming_the_variable_and_uses_the_default(
     message = str(record[0].message)
     assert variable in message and "using the default" in message
     assert len(message) < 300  # a huge value is shortened, not echoed
+
+
+@pytest.mark.parametrize("raw", ["strict", "obsreve", "enforce please", "é" * 10_000])
+def test_a_bad_mode_falls_back_to_observe_not_to_enforce(raw):
+    """A mistyped SELFGUARD_MODE gets observe, which changes no outcome, not enforce; the warning says so."""
+    with pytest.warns(RuntimeWarning) as record:
+        options = _config.resolve({}, {"SELFGUARD_MODE": raw, "SELFGUARD_RETRIES": "5"})
+    assert _config.Options("observe", 5, True) == options  # the other, valid, settings still apply
+    (warning,) = record
+    message = str(warning.message)
+    assert "for SELFGUARD_MODE environment variable: expected " in message
+    assert message.endswith(
+        "; using observe, not the default enforce: a mistyped mode gets the one that changes no outcome"
+    )
+    assert len(message) < 300
+
+
+def test_with_a_bad_mode_the_guard_only_observes_a_self_connect(forced, free_port, monkeypatch):
+    """With SELFGUARD_MODE=strict, a forced self-connect is counted but handed back as the stdlib would: no retry."""
+    port = free_port()
+    monkeypatch.setenv("SELFGUARD_MODE", "strict")
+    with pytest.warns(RuntimeWarning, match="using observe"):
+        assert selfguard.install() is True
+    sock = forced(port)
+    assert 0 == sock.connect_ex(("127.0.0.1", port))  # connected to itself, as without the guard
+    assert sock.getsockname() == sock.getpeername()
+    sock.close()
+    assert (1, 0, 0) == tuple(selfguard.stats()[k] for k in ("self_connects", "retries", "gave_up"))
 
 
 @pytest.mark.parametrize(

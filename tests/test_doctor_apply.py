@@ -32,7 +32,7 @@ def test_apply_merges_the_ports_at_risk_with_the_reservations_already_there():
         """
 sysctl("ip_local_reserved_ports", "1000,40100,40200-40210")
 server = socket.create_server(("127.0.0.1", 40050))
-done = doctor("--apply", "--json", "--port", "40211")
+done = doctor("--apply", "--json", "--port", "40211", "--min-age", "0")
 result = {"done": done, "reserved": sysctl("ip_local_reserved_ports")}
 """
     )
@@ -46,6 +46,8 @@ result = {"done": done, "reserved": sysctl("ip_local_reserved_ports")}
         "after": "1000,40050,40100,40200-40211",
         "changed": True,
         "written": True,
+        "recorded_before": None,  # only a sysctl.d file records the doctor's ports
+        "recorded_after": None,
     } == applied["sysctl"]
     assert applied["dry_run"] is False and applied["persist"] is None
 
@@ -62,7 +64,7 @@ while done < len(data):  # the kernel takes at most 4095 bytes a write; later wr
 os.close(fd)
 before = sysctl("ip_local_reserved_ports")
 server = socket.create_server(("127.0.0.1", 40050))
-done = doctor("--apply", "--json")
+done = doctor("--apply", "--json", "--min-age", "0")
 result = {"done": done, "existing": existing, "before": before, "after": sysctl("ip_local_reserved_ports")}
 """
     )
@@ -104,7 +106,7 @@ result = {"first": first, "second": second, "third": third, "text": text, "after
     assert after_first[1].endswith("\nnet.ipv4.ip_local_reserved_ports = 40000\n")
     assert (0, "") == (found["third"]["status"], found["third"]["stderr"])
     text = found["text"]["stdout"]
-    assert "Nothing to apply:\n  net.ipv4.ip_local_reserved_ports unchanged: no port at risk\n" in text
+    assert "Nothing to apply:\n  net.ipv4.ip_local_reserved_ports unchanged: no port proposed\n" in text
     assert f"  {conf} unchanged: it already reserves every port checked in the range\n" in text
 
 
@@ -151,11 +153,12 @@ result = {"done": done, "reserved": sysctl("ip_local_reserved_ports"), "files": 
         dir=str(shared_dir),
     )
     done = found["done"]
-    assert (3, "") == (done["status"], done["stdout"])
-    assert [
-        "selfguard doctor: --apply needs root: cannot write /proc/sys/net/ipv4/ip_local_reserved_ports: "
-        "Permission denied"
-    ] == done["stderr"].splitlines()
+    assert 3 == done["status"]
+    refusal = "--apply needs root: cannot write /proc/sys/net/ipv4/ip_local_reserved_ports: Permission denied"
+    assert [f"selfguard doctor: {refusal}"] == done["stderr"].splitlines()
+    # The report is printed all the same, and says what was not done.
+    assert "port 40000 (not listening now, --port): high:" in done["stdout"]
+    assert f"\nNot applied: {refusal}\nWhat --apply would have changed:\n" in done["stdout"]
     assert ("1000", []) == (found["reserved"], found["files"])
 
 
@@ -171,8 +174,9 @@ result = {"done": done, "reserved": sysctl("ip_local_reserved_ports")}
         conf=str(conf),
     )
     done = found["done"]
-    assert (3, "") == (done["status"], done["stdout"])
+    assert 3 == done["status"]
     assert [f"selfguard doctor: cannot write {conf}: No such file or directory"] == done["stderr"].splitlines()
+    assert f"Not applied: cannot write {conf}: No such file or directory\n" in done["stdout"]
     assert "1000" == found["reserved"]
 
 
@@ -237,7 +241,10 @@ result = doctor("--apply", "--persist", params["conf"], "--port", "40000", "--js
     assert 0 == found["status"], found["stderr"]
     assert link.is_symlink()  # written through the link, not over it
     assert (
-        "# site settings\nnet.ipv4.ip_local_reserved_ports = 1000,5000,6000-6001,40000\nnet.ipv4.tcp_syncookies = 1\n"
+        "# site settings\n"
+        "# selfguard doctor added: 40000\n"  # the record: only this port is the doctor's to remove
+        "net.ipv4.ip_local_reserved_ports = 1000,5000,6000-6001,40000\n"
+        "net.ipv4.tcp_syncookies = 1\n"
     ) == target.read_text()
     assert 0o640 == target.stat().st_mode & 0o777
     assert sorted([target.name, link.name]) == sorted(os.listdir(tmp_path))
@@ -292,43 +299,49 @@ def test_persist_needs_apply_or_dry_run():
     )
     assert (2, "") == (done.returncode, done.stdout)
     assert done.stderr.splitlines()[-1] == (
-        "selfguard doctor: error: --persist FILE goes with --apply (or --dry-run, to see what it would write)"
+        "selfguard doctor: error: --persist FILE goes with --apply (or --dry-run, to see what it would write; "
+        "or --stale, to tell the reservations FILE records as the doctor's)"
     )
 
 
-def test_a_read_only_proc_sys_as_in_a_container_points_to_the_recipes():
-    """Containers mount /proc/sys read-only: --apply exits 3 and says to use the container's sysctls instead."""
+def test_a_read_only_proc_sys_as_in_a_container_keeps_the_report_and_the_recipes():
+    """Containers mount /proc/sys read-only: --apply exits 3, but prints the report and recipes (text and JSON) first.
+
+    --dry-run there says the real --apply would fail, and stays a dry run (exit 1).
+    """
     require_netns()
     script = (
         "ip link set lo up && mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
-        '"$@"; echo "status $?"; cat /proc/sys/net/ipv4/ip_local_reserved_ports'
+        'for flags in "--apply" "--apply --json" "--dry-run --json"; do '
+        '"$@" $flags; echo "status $?"; echo "stderr-follows" >&2; done; '
+        "cat /proc/sys/net/ipv4/ip_local_reserved_ports"
     )
+    command = [sys.executable, "-m", "selfguard", "doctor", "--port", str(P)]
     done = subprocess.run(
-        [
-            "unshare",
-            "-n",
-            "-m",
-            "sh",
-            "-c",
-            script,
-            "sh",
-            sys.executable,
-            "-m",
-            "selfguard",
-            "doctor",
-            "--apply",
-            "--port",
-            str(P),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        ["unshare", "-n", "-m", "sh", "-c", script, "sh", *command], capture_output=True, text=True, timeout=120
     )
-    assert ["status 3", ""] == done.stdout.splitlines()  # nothing on stdout but the status; the list still empty
-    assert [
-        "selfguard doctor: cannot write /proc/sys/net/ipv4/ip_local_reserved_ports: Read-only file system; "
+    refusal = (
+        "cannot write /proc/sys/net/ipv4/ip_local_reserved_ports: Read-only file system; "
         "in a container, set it with the container's sysctls (the doctor prints recipes)"
-    ] == done.stderr.splitlines()
+    )
+    text, as_json, dry, reserved = done.stdout.split("status ")[0], *done.stdout.split("status ")[1:]
+    errors = done.stderr.split("stderr-follows\n")
+    # --apply, as text: the whole report with the recipes, then the refusal; exit 3.
+    assert as_json.startswith("3\n") and f"port {P} (not listening now, --port): high:" in text
+    assert f"docker run --sysctl net.ipv4.ip_local_reserved_ports={P} IMAGE" in text
+    assert f"Not applied: {refusal}\n" in text
+    assert [f"selfguard doctor: {refusal}"] == errors[0].splitlines()
+    # --apply --json: the JSON report, with the refusal in it; exit 3.
+    report = json.loads(as_json[2:])
+    assert dry.startswith("3\n") and refusal == report["apply"]["error"]
+    assert [P] == report["to_reserve"] and report["containers"]["docker_run"]
+    assert (True, False) == (report["apply"]["sysctl"]["changed"], report["apply"]["sysctl"]["written"])
+    # --dry-run: still a dry run (exit 1: at risk), saying what the real one would meet.
+    dry_report = json.loads(dry[2:])
+    assert reserved.startswith("1\n")
+    assert refusal.replace("(the doctor prints recipes)", "(the recipes above)") == dry_report["apply"]["would_fail"]
+    assert "" == errors[2]
+    assert [""] == reserved[2:].splitlines()  # the list still empty
 
 
 def test_a_list_the_kernel_refuses_half_way_is_put_back_as_it_was():

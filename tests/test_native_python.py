@@ -114,23 +114,31 @@ CONNECTS = (
 @pytest.mark.parametrize(
     "variable, raw, default",
     [
-        ("SELFGUARD_MODE", "strict", "enforce"),
-        ("SELFGUARD_RETRIES", "101", "2"),
-        ("SELFGUARD_RETRY_ADDRNOTAVAIL", "maybe", "true"),
-        ("SELFGUARD", "maybe", "on"),
+        (
+            "SELFGUARD_MODE",
+            "strict",
+            "observe, not the default enforce: a mistyped mode gets the one that changes no outcome",
+        ),
+        ("SELFGUARD_RETRIES", "101", "the default 2"),
+        ("SELFGUARD_RETRY_ADDRNOTAVAIL", "maybe", "the default true"),
+        ("SELFGUARD", "maybe", "the default on"),
     ],
 )
 def test_a_bad_value_is_one_line_on_stderr_naming_the_variable_and_the_default_applies(variable, raw, default):
-    """As the Python guard says it, at the first connect examined: one line, the variable, the value, the default."""
+    """As the Python guard says it, at the first connect examined: one line, the variable, the value, what is used.
+
+    That is the default, except for a bad mode: observe (see _config._ON_BAD_VALUE), in both guards.
+    """
     require_library()
     done = preloaded(CONNECTS + "; socket.create_connection(s.getsockname()).close()", **{variable: raw})
     assert 0 == done.returncode, done.stderr
     lines = done.stderr.splitlines()
     assert 1 == len(lines), done.stderr
     assert lines[0].startswith(f"selfguard (native guard): Invalid value '{raw}' for {variable} environment variable: ")
-    assert lines[0].endswith(f"; using the default {default}")
+    assert lines[0].endswith(f"; using {default}")
     settings = json.loads(preloaded(SETTINGS, **{variable: raw}).stdout)
-    assert {"enabled": True, "mode": "enforce", "retries": 2, "retry_addrnotavail": True} == settings
+    mode = "observe" if variable == "SELFGUARD_MODE" else "enforce"
+    assert {"enabled": True, "mode": mode, "retries": 2, "retry_addrnotavail": True} == settings
 
 
 def test_a_bad_value_is_not_said_by_programs_that_never_connect():

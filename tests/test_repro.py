@@ -13,6 +13,7 @@ import time
 import pytest
 
 from selfguard._kernel import read_ephemeral_range
+from selfguard._reconnect import first_hit_interval
 
 # A self-connect came within 2 000-35 000 dials here (~15 us each); 400 000 dials
 # make missing one vanishingly unlikely, and still end within seconds.
@@ -109,6 +110,27 @@ def test_each_phase_states_its_self_connect_rate_and_parity(shown):
         assert parity == phase["parity"]
         assert round(phase["self_connects"] * 100_000 / phase["attempts"], 1) == phase["self_connects_per_100000"]
         assert phase["self_connects_per_100000"] > 0
+        low, high = phase["per_100000_95_interval"]
+        assert 0 < low < phase["self_connects_per_100000"] < high
+
+
+@pytest.mark.parametrize(
+    ("dials", "low", "high"),
+    # Exact for a first hit at dial N: 1 - 0.975**(1/N) and 1 - 0.025**(1/(N-1)).
+    [(1, 0.025, 1.0), (2, 0.012579, 0.975), (1261, 2.0077e-5, 2.9234e-3), (14_286, 1.7722e-6, 2.5823e-4)],
+)
+def test_the_rate_interval_is_the_exact_one_for_a_first_hit(dials, low, high):
+    """The interval inverts the geometric law of a first hit at dial N; it holds the README's 7 per 100,000."""
+    found = first_hit_interval(dials)
+    assert (low, high) == pytest.approx(found, rel=1e-3)
+    lo, hi = found
+    assert (1 - lo) ** dials == pytest.approx(0.975) and (dials == 1 or (1 - hi) ** (dials - 1) == pytest.approx(0.025))
+
+
+def test_one_sample_of_79_per_100000_does_not_contradict_7():
+    """The figure an operator saw (a first self-connect at dial 1,261: 79.3 per 100,000) allows the README's 7."""
+    low, high = first_hit_interval(1261)
+    assert low * 100_000 < 7 < high * 100_000
 
 
 def test_the_text_states_the_rate_and_writes_counts_one_way():
@@ -122,7 +144,15 @@ def test_the_text_states_the_rate_and_writes_counts_one_way():
     lines = done.stdout.splitlines()
     rates = [line for line in lines if line.startswith(f"   self-connect rate to an {parity} port: ")]
     assert 2 == len(rates)
-    assert all(line.endswith("(from 1 self-connect)") for line in rates), rates
+    for line in rates:
+        # One sample: the rate comes with the interval it allows (about 2.5/N to 369/N per 100,000 dials).
+        rate = float(line.split(": ")[1].split(" per ")[0].replace(",", ""))
+        low, high = (
+            float(x.replace(",", "")) for x in line.split("anywhere from ")[1].split(" at 95%")[0].split(" to ")
+        )
+        assert low < rate < high, line
+        assert line.endswith(f" to {high:,g} at 95% confidence)"), line
+        assert "(from 1 self-connect: anywhere from " in line, line
     # Every count of dials is written 1,234 (ports, being names, are not counts).
     counts = [line.split(" dials")[0].split()[-1] for line in lines if " dials" in line]
     assert len(counts) >= 3

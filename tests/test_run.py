@@ -67,7 +67,7 @@ def test_nothing_to_run_is_a_usage_error(args):
     done = selfguard_run(*args)
     assert (2, "") == (done.returncode, done.stdout)
     usage, error = done.stderr.splitlines()
-    assert "usage: selfguard run [-h] [--native] [--] CMD [ARGS...]" == usage
+    assert "usage: selfguard run [-h] [--native] [--strict] [--] CMD [ARGS...]" == usage
     assert "selfguard run: error: nothing to run: selfguard run -- CMD [ARGS...]" == error
 
 
@@ -77,7 +77,7 @@ def test_an_option_before_the_command_is_a_usage_error_of_run(option):
     done = selfguard_run(*option.split())
     assert (2, "") == (done.returncode, done.stdout)
     usage, error = done.stderr.splitlines()
-    assert "usage: selfguard run [-h] [--native] [--] CMD [ARGS...]" == usage
+    assert "usage: selfguard run [-h] [--native] [--strict] [--] CMD [ARGS...]" == usage
     first = option.split()[0]
     assert f"selfguard run: error: selfguard run has no option {first}; to run a command, write: " in error
     assert error.endswith("selfguard run -- CMD [ARGS...]")
@@ -110,7 +110,7 @@ def test_run_help_tells_the_exit_statuses():
     """`selfguard run --help` is run's help, with CMD's status, 2, 126 and 127."""
     done = selfguard_run("--help")
     assert 0 == done.returncode
-    assert done.stdout.startswith("usage: selfguard run [-h] [--native] [--] CMD [ARGS...]")
+    assert done.stdout.startswith("usage: selfguard run [-h] [--native] [--strict] [--] CMD [ARGS...]")
     for status in ("CMD's own", "2    usage error", "126  CMD cannot be executed", "127  CMD not found"):
         assert status in done.stdout
 
@@ -137,3 +137,59 @@ def test_gevent_programs_are_guarded_too(free_port):
     )
     done = run(sys.executable, "-c", code)
     assert "caught gevent._socket3" == done.stdout.strip(), done.stderr
+
+
+@pytest.fixture(scope="module")
+def bare_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A venv's interpreter with neither selfguard nor wrapt, as a service's own venv under `selfguard run`."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    return str(venv / "bin" / "python")
+
+
+def run_in(cwd: Path, *words: str) -> subprocess.CompletedProcess[str]:
+    # Not from the repository: `python -c` puts the working directory on sys.path, and selfguard is there.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SELFGUARD"))}
+    command = [sys.executable, "-m", "selfguard", "run", *words]
+    return subprocess.run(command, env=base, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_strict_stops_an_interpreter_that_lacks_selfguard(bare_python: str, tmp_path: Path):
+    """--strict: a Python without selfguard exits 3 before running anything, saying why; without it, it runs."""
+    code = "import socket; socket.socket().connect_ex(('127.0.0.1', 1)); print('ran')"
+    strict = run_in(tmp_path, "--strict", bare_python, "-c", code)
+    assert (3, "") == (strict.returncode, strict.stdout)
+    assert [
+        "selfguard: not active in this process: no module named 'selfguard' in this interpreter; SELFGUARD_REQUIRE "
+        f"is set (selfguard run --strict), so {bare_python} exits (status 3) instead of running unguarded"
+    ] == strict.stderr.splitlines()
+    lenient = run_in(tmp_path, bare_python, "-c", code)
+    assert (0, "ran\n") == (lenient.returncode, lenient.stdout)
+    assert lenient.stderr.startswith("selfguard: not active in this process: ModuleNotFoundError")
+
+
+def test_strict_reaches_every_python_of_the_tree_and_lets_a_guarded_one_run(bare_python: str, tmp_path: Path):
+    """Under --strict, a guarded interpreter runs guarded; a bare one that a shell starts stops, with status 3."""
+    bare, guarded = shlex.quote(bare_python), shlex.quote(sys.executable)
+    script = f"{bare} -c 'print(1)'; echo \"bare: $?\"; {guarded} -c {shlex.quote(CHECK)}"
+    done = run_in(tmp_path, "--strict", "sh", "-c", script)
+    assert (0, "bare: 3\nTrue\n") == (done.returncode, done.stdout), done.stderr
+    assert 1 == len(done.stderr.splitlines()), done.stderr
+
+
+def test_a_bad_require_value_warns_and_runs(bare_python: str, tmp_path: Path):
+    """SELFGUARD_REQUIRE=maybe is a typo: one line naming it, and the interpreter runs (the default, off)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "SELFGUARD"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "selfguard", "run", bare_python, "-c", "print('ran')"],
+        env={**base, "SELFGUARD_REQUIRE": "maybe"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (0, "ran\n") == (done.returncode, done.stdout)
+    assert [
+        "selfguard: Invalid value 'maybe' for SELFGUARD_REQUIRE environment variable: "
+        "expected one of 1/true/on/yes/0/false/off/no; using the default off"
+    ] == done.stderr.splitlines()

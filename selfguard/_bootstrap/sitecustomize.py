@@ -260,6 +260,30 @@ def _selfguard_next_sitecustomize() -> None:
         return
 
 
+def _selfguard_required() -> bool:
+    """SELFGUARD_REQUIRE (`selfguard run --strict` sets it): whether an interpreter that cannot be guarded must stop."""
+    raw = os.environ.get("SELFGUARD_REQUIRE", "").strip(" \t\n\r\f\v\x1c\x1d\x1e\x1f").lower()
+    if raw in ("", "0", "false", "off", "no"):
+        return False
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    # A typo must not stop an interpreter: the default, off, as a bad mode gets the least intrusive one.
+    _selfguard_say(
+        f"selfguard: Invalid value {raw[:40]!r} for SELFGUARD_REQUIRE environment variable: "
+        "expected one of 1/true/on/yes/0/false/off/no; using the default off\n"
+    )
+    return False
+
+
+def _selfguard_refuse(why: str) -> None:
+    """Stop this interpreter before it runs anything: SELFGUARD_REQUIRE says it must not run unguarded."""
+    _selfguard_say(
+        f"selfguard: not active in this process: {why}; SELFGUARD_REQUIRE is set (selfguard run --strict), "
+        f"so {sys.executable} exits (status 3) instead of running unguarded\n"
+    )
+    os._exit(3)  # SystemExit here would be "Fatal Python error: init_import_site" and a traceback
+
+
 def _selfguard_boot() -> None:
     # ASCII spaces only, as selfguard and its native guard read the variable.
     if os.environ.get("SELFGUARD", "").strip(" \t\n\r\f\v\x1c\x1d\x1e\x1f").lower() in ("0", "false", "off", "no"):
@@ -268,10 +292,21 @@ def _selfguard_boot() -> None:
         # An old interpreter that inherited PYTHONPATH (from `selfguard run`,
         # say): selfguard cannot run here, so nothing of the hook does either.
         python = ".".join(str(part) for part in sys.version_info[:3])
+        if _selfguard_required():
+            _selfguard_refuse(f"Python {python} is older than 3.9, which selfguard needs")
         _selfguard_say(
             f"selfguard: not active in this process: Python {python} is older than 3.9, which selfguard needs\n"
         )
         return
+    if _selfguard_required():
+        # Only when asked: finding the modules costs a walk of sys.path at
+        # start-up (importing them would cost more; the first connect does).
+        # wrapt too: the one dependency, and the usual half of a broken install.
+        import importlib.util
+
+        for name in ("selfguard", "wrapt"):
+            if importlib.util.find_spec(name) is None:
+                _selfguard_refuse(f"no module named {name!r} in this interpreter")
     if any(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path):
         return  # a copy of this file earlier on sys.path is waiting for socket: one guard is enough
     os.register_at_fork(after_in_child=_selfguard_after_fork_in_child)

@@ -657,7 +657,7 @@ static void prepare_warning(int setting, const char *raw, const char *problem, c
     PUT(SETTING_VARIABLES[setting]);
     PUT(" environment variable: ");
     PUT(problem);
-    PUT("; using the default ");
+    PUT("; using ");
     PUT(fallback);
 #undef PUT
     line[n++] = '\n';
@@ -740,14 +740,18 @@ EXPORT int selfguard_native_parse(const char *variable, const char *raw, int *ou
     return 0;
 }
 
-static void configure_one(int setting, int *option, const char *problem, const char *fallback) {
+/* A bad value leaves *option at its default, or sets it to bad_value when that is >= 0
+ * (SELFGUARD_MODE: observe, as in selfguard/_config.py's _ON_BAD_VALUE). */
+static void configure_one(int setting, int *option, const char *problem, const char *fallback, int bad_value) {
     const char *raw = getenv(SETTING_VARIABLES[setting]);
     int value;
     int parsed = selfguard_native_parse(SETTING_VARIABLES[setting], raw, &value);
     if (parsed == 1)
         *option = value;
-    else if (parsed == 0)
+    else if (parsed == 0) {
+        if (bad_value >= 0) *option = bad_value;
         prepare_warning(setting, raw, problem, fallback);
+    }
 }
 
 static void after_fork_in_child(void) {
@@ -889,10 +893,12 @@ __attribute__((destructor)) static void selfguard_native_unload(void) {
 }
 
 static void configure(void) {
-    configure_one(SETTING_ENABLED, &opt_enabled, BOOL_PROBLEM, "on");
-    configure_one(SETTING_MODE, &opt_mode, MODE_PROBLEM, "enforce");
-    configure_one(SETTING_RETRIES, &opt_retries, RETRIES_PROBLEM, "2");
-    configure_one(SETTING_RETRY_ADDRNOTAVAIL, &opt_retry_addrnotavail, BOOL_PROBLEM, "true");
+    configure_one(SETTING_ENABLED, &opt_enabled, BOOL_PROBLEM, "the default on", -1);
+    configure_one(SETTING_MODE, &opt_mode, MODE_PROBLEM,
+                  "observe, not the default enforce: a mistyped mode gets the one that changes no outcome",
+                  MODE_OBSERVE);
+    configure_one(SETTING_RETRIES, &opt_retries, RETRIES_PROBLEM, "the default 2", -1);
+    configure_one(SETTING_RETRY_ADDRNOTAVAIL, &opt_retry_addrnotavail, BOOL_PROBLEM, "the default true", -1);
 #define RESOLVE(name) resolve(&real_##name, #name)
     RESOLVE(connect), RESOLVE(getsockopt), RESOLVE(sendto), RESOLVE(sendmsg), RESOLVE(bind), RESOLVE(close);
     RESOLVE(socket), RESOLVE(socketpair), RESOLVE(accept), RESOLVE(accept4), RESOLVE(dup), RESOLVE(dup2);
