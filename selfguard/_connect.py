@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import math
 import socket
 import time
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 _type = _socket.socket.type.__get__
 _timeout = _socket.socket.timeout.__get__
 _monotonic = time.monotonic
+_ceil, _nextafter = math.ceil, math.nextafter
 _SOCK_STREAM = int(socket.SOCK_STREAM)
 _EADDRNOTAVAIL = errno.EADDRNOTAVAIL
 # A retry is a local, immediate connect (~20-60 us on loopback). With less of
@@ -68,12 +70,32 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
             if not port:
                 return wrapped(address)
         if not (state.low <= port <= state.high or in_range(port)):
-            return wrapped(address)
+            # Outside the cached range: only a socket of another network
+            # namespace, whose range may hold the port, can still self-connect.
+            # Asking the socket costs a syscall, so a blocking connect asks
+            # only once it succeeded: a refused one (a reconnect loop) pays
+            # nothing. A non-blocking one asks first, to be checked at SO_ERROR.
+            if timeout == 0.0:
+                if not in_range(port, instance):
+                    return wrapped(address)
+            else:
+                result = wrapped(address)
+                if (returns_code and result != 0) or not in_range(port, instance):
+                    return result
+                local = self_connected(instance, port)
+                if local is None:
+                    return result
+                code = _retry(wrapped, instance, address, port, api, timeout, local)
+                return code if returns_code else None
         if timeout == 0.0:
             # Non-blocking: on Linux the connect returns EINPROGRESS and its
             # outcome is read later from SO_ERROR (checked there, or by the
             # asyncio layer). Passing straight through spares the EINPROGRESS
-            # exception a catch and re-raise (~0.4 us inside asyncio).
+            # exception a catch and re-raise (~0.4 us inside asyncio); the
+            # socket is marked first, so only the SO_ERROR read that completes
+            # this connect is checked, not every later one.
+            if not state.delegated.get():
+                state.pending.add(instance)
             result = wrapped(address)
             if returns_code and result != 0:
                 return result
@@ -165,11 +187,31 @@ def _retry(
             elif _errno(found) != _EADDRNOTAVAIL:
                 return _fail(found)
     finally:
-        if deadline is not None and attempt > 1:
+        if timeout is not None and attempt > 1:
             try:
-                sock.settimeout(timeout)
+                sock.settimeout(_same_timeout(sock, timeout))
             except OSError:
                 pass  # closed by another thread meanwhile; nothing left to restore
+
+
+def _same_timeout(sock: Any, timeout: float) -> float:
+    """The float that settimeout() turns back into the very nanoseconds gettimeout() answered *timeout* from.
+
+    _socket.socket keeps its timeout in integer nanoseconds and rounds a float
+    up on the way in: for some values (~0.4% of timeouts given to the
+    nanosecond) float(ns) rounds up to ns + 1, so the caller's timeout would
+    come back 1 ns longer. One ulp down at a time finds the float that maps
+    back. Other classes (gevent's) keep the float itself.
+    """
+    if not isinstance(sock, _socket.socket):
+        return timeout
+    nanoseconds = round(timeout * 1e9)
+    candidate = timeout
+    for _ in range(4):
+        if _ceil(candidate * 1e9) == nanoseconds:
+            return candidate
+        candidate = _nextafter(candidate, 0.0)
+    return timeout
 
 
 def _attempt(wrapped: Callable[..., Any], address: Any, api: str) -> Union[int, OSError]:

@@ -106,7 +106,7 @@ def self_connected(sock: Any, port: int = 0, local: Optional[tuple[Any, ...]] = 
         next(_events.checked)
         if local[1] != port:
             return None
-    elif type(local) is not tuple or len(local) < 2 or not in_range(local[1]):
+    elif type(local) is not tuple or len(local) < 2 or not in_range(local[1], sock):
         return None  # not INET, or a port someone bound on purpose: not ours to judge
     # The family is checked only now: AF_VSOCK, AF_TIPC and Bluetooth stream
     # sockets also take (x, int) addresses, but they are rare and not at risk.

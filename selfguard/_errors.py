@@ -31,9 +31,11 @@ class SelfConnectError(ConnectionRefusedError):
 
     # OSError pickles as (errno, strerror), which would lose address and
     # attempts and call __init__ with the wrong arguments in the receiving
-    # process (multiprocessing, concurrent.futures).
-    def __reduce__(self) -> tuple[type[SelfConnectError], tuple[Any, int]]:
-        return type(self), (self.address, self.attempts)
+    # process (multiprocessing, concurrent.futures). The instance dict goes
+    # along, as BaseException's own __reduce__ sends it: __notes__ and the
+    # attributes a caller set survive the trip.
+    def __reduce__(self) -> tuple[type[SelfConnectError], tuple[Any, int], dict[str, Any]]:
+        return type(self), (self.address, self.attempts), self.__dict__
 
 
 def _attempts(n: int) -> str:

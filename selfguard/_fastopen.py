@@ -46,8 +46,12 @@ def make_send_wrapper(api: str) -> Callable[..., Any]:
             return wrapped(*args)
         address = args[address_at]
         attempt = 1
+        # Marked first: a non-blocking one raises EINPROGRESS here and is checked
+        # by the SO_ERROR read that completes it.
+        state.pending.add(instance)
         while True:
             result = wrapped(*args)  # a refused connect raises here, as the stdlib's
+            state.pending.discard(instance)
             local = self_connected(instance, port)
             if local is None:
                 return result
@@ -73,4 +77,4 @@ def _fast_open_port(sock: Any, flags: Any, address: Any) -> int:
     if kind(sock) != _SOCK_STREAM:
         return 0
     port = port_of(address)
-    return port if port and in_range(port) else 0
+    return port if port and in_range(port, sock) else 0

@@ -1,4 +1,11 @@
-"""gevent: guard the socket class gevent's monkey-patching puts in place, whichever came first."""
+"""gevent: guard the socket class gevent's monkey-patching puts in place, whichever came first.
+
+gevent's socket class is wrapped as soon as gevent._socket3 is imported,
+monkey-patched or not (_loops.watch(), and the sitecustomize's stand-ins):
+that covers socket.socket after patch_all() too. This plugin is the second
+path, kept for a gevent whose patched class is not that one, and because
+installs made before may still name it in their entry points.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +21,9 @@ def did_patch_module(event: Any) -> None:
 
     gevent calls it after each module it monkey-patches. When socket was
     patched while the guard is installed, socket.socket is now gevent's own
-    class, which the guard has not seen: patch it too. With the guard
-    installed after the monkey-patching, install() finds gevent's class by
-    itself and this does nothing.
+    class: make sure it is patched (it is already, by the import hook, for
+    every gevent this was tested with). With the guard installed after the
+    monkey-patching, install() finds gevent's class by itself.
     """
     if getattr(event, "module_name", None) != "socket":
         return

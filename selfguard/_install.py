@@ -32,10 +32,43 @@ _WRAPPERS: dict[str, Callable[..., Any]] = {
     "sendto": make_send_wrapper("sendto"),
     "sendmsg": make_send_wrapper("sendmsg"),
 }
+
+
+class _BoundMethodWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
+    """wrapt's bound wrapper, pickled as the stdlib pickles the bound method (a socket is not picklable: TypeError)."""
+
+    def __reduce__(self) -> Any:
+        return self.__wrapped__.__reduce__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__wrapped__.__reduce_ex__(protocol)
+
+
+class _MethodWrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
+    """The guard's wrapper on a socket class's method.
+
+    wrapt's proxies refuse to be pickled (NotImplementedError), where the
+    stdlib's methods pickle by reference: pickle.dumps(socket.socket.connect)
+    works without the guard, so it works with it, giving the same bytes.
+    """
+
+    __bound_function_wrapper__ = _BoundMethodWrapper
+    # What the class held before this wrapper went on (_ABSENT: an inherited
+    # method): carried by the wrapper, so that one put back on its class by
+    # whoever had saved it is recognised, reused, and undone exactly.
+    _self_before: Any
+
+    def __reduce__(self) -> Any:
+        return self.__wrapped__.__reduce__()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__wrapped__.__reduce_ex__(protocol)
+
+
 lock = _thread.RLock()
 # (class, name) -> (the FunctionWrapper we put there, what vars() held before).
-# socket.socket; gevent's socket class once its monkey-patching replaced
-# socket.socket after install(); the event loops' connecting methods.
+# socket.socket; gevent's socket class (once imported, monkey-patched or not);
+# the event loops' connecting methods.
 _patched: dict[tuple[type, str], tuple[Any, Any]] = {}
 _ABSENT: Any = object()
 
@@ -86,14 +119,20 @@ def wrap(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
         if key in _patched:
             return
         current = vars(cls).get(name, _ABSENT)
-        if _is_stand_in(current):
+        found = _ours_in(current)
+        if type(found) is _MethodWrapper:  # ours, put back by whoever had saved it (maybe inside their wrapper)
+            _patched[key] = (found, found._self_before)
+        elif _is_stand_in(current):
             # The method the stand-in hides: the one the class inherits.
             hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
-            ours = wrapt.FunctionWrapper(hidden, wrapper)
+            ours = _MethodWrapper(hidden, wrapper)
+            ours._self_before = _ABSENT  # uninstall() deletes it: the inherited method again
             setattr(cls, name, ours)
-            _patched[key] = (ours, _ABSENT)  # uninstall() deletes it: the inherited method again
+            _patched[key] = (ours, _ABSENT)
         else:
-            _patched[key] = (wrapt.wrap_function_wrapper(cls, name, wrapper), current)
+            ours = wrapt.wrap_object(cls, name, _MethodWrapper, (wrapper,))
+            ours._self_before = current
+            _patched[key] = (ours, current)
 
 
 def uninstall() -> None:
@@ -103,7 +142,11 @@ def uninstall() -> None:
         _state.set_options(None)
         for key, (ours, before) in list(_patched.items()):
             cls, name = key
-            if vars(cls).get(name) is ours:
+            current = vars(cls).get(name)
+            if type(current) is _MethodWrapper:  # ours (or an earlier one of ours, put back): it knows what it hid
+                before = current._self_before  # noqa: PLW2901
+                ours = current  # noqa: PLW2901
+            if current is ours:
                 if before is _ABSENT:
                     # connect is inherited from _socket.socket: deleting our
                     # attribute restores the original itself, not a copy.
@@ -160,9 +203,14 @@ def guard_for(original: Any, name: str) -> Any:
     key = (original, name)
     guard = _guards_for.get(key)
     if guard is None:
-        wrapper = _WRAPPERS[name] if name in _WRAPPERS else _loops.wrapper_for(name)
-        guard = _guards_for[key] = wrapt.FunctionWrapper(original, wrapper)
+        guard = _guards_for[key] = _MethodWrapper(original, wrapper_for(name))
+        guard._self_before = _ABSENT  # never on a class, but every one of ours knows what it hid
     return guard
+
+
+def wrapper_for(name: str) -> Callable[..., Any]:
+    """The guard's wrapper for a method named *name*: a socket class's, or an event loop's."""
+    return _WRAPPERS[name] if name in _WRAPPERS else _loops.wrapper_for(name)
 
 
 def _after_fork_in_child() -> None:
@@ -175,15 +223,20 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def status() -> str:
-    """Tell how this process is guarded: "active", "armed" or "off".
+    """Tell how this process is guarded: "active", "armed", "displaced" or "off".
 
-    "active": the guard's wrappers are on socket.socket. "armed": selfguard's
-    sitecustomize has put its stand-ins there, and the first connect,
-    connect_ex or bind will install the guard and go through it. "off":
-    neither (never installed, uninstalled, or SELFGUARD=0).
+    "active": the guard is on and its wrappers are where a connect finds
+    them. "armed": selfguard's sitecustomize has put its stand-ins on
+    socket.socket, and the first connect, connect_ex or bind will install
+    the guard and go through it. "displaced": install() ran, but a connect
+    no longer meets the guard -- something put a method it had saved back
+    on socket.socket (pytest-socket does at each test's teardown), or
+    importlib.reload(socket) made a new class; install() again re-guards.
+    "off": none of these (never installed, uninstalled, or SELFGUARD=0).
     """
-    if _state.state.options is not None:
-        return "active"
+    with lock:
+        if _state.state.options is not None:
+            return "active" if displaced() is None else "displaced"
     # SELFGUARD switched off after start-up: the first connect's install() will do nothing.
     switched_off = os.environ.get("SELFGUARD", "").strip().lower() in _config._FALSE
     if not switched_off and any(_is_stand_in(vars(socket.socket).get(name)) for name in _WRAPPERS):
@@ -193,4 +246,59 @@ def status() -> str:
 
 def is_installed() -> bool:
     """Tell whether every TCP connect of this process is guarded: status() is "active" or "armed"."""
-    return status() != "off"
+    return status() in ("active", "armed")
+
+
+def guard_is_on() -> bool:
+    """Tell whether install() is in force, whatever sits on the classes now; the sitecustomize's stand-ins ask it."""
+    return _state.state.options is not None
+
+
+def displaced() -> str | None:
+    """The first method (as "module.Class.name") where a call would miss the guard's wrapper, or None.
+
+    Asked of the classes themselves, not remembered: the method a call
+    finds (through the MRO, as the class finds it) must be ours, a wrapper
+    around ours, or a stand-in of the sitecustomize (which goes through the
+    guard once it is on).
+    """
+    with lock:
+        cls: type = socket.socket
+        targets = [(cls, name) for name in _WRAPPERS]
+        targets += [key for key in _patched if key[1] not in _WRAPPERS]  # the event loops' methods
+        for klass, name in targets:
+            if _ours_in(_found(klass, name)) is None:
+                return f"{klass.__module__}.{klass.__qualname__}.{name}"
+        return None
+
+
+def _found(cls: type, name: str) -> Any:
+    """cls.name as a lookup on an instance finds it, without binding it."""
+    return next((vars(klass)[name] for klass in cls.__mro__ if name in vars(klass)), None)
+
+
+def _ours_in(attribute: Any) -> Any:
+    """The guard's wrapper (or a stand-in) that *attribute* is or wraps, or None."""
+    for _ in range(100):  # wrappers of wrappers; bounded in case of a cycle
+        if attribute is None:
+            return None
+        # type(), not isinstance(): a wrapt proxy around ours answers for ours' __class__.
+        if type(attribute) is _MethodWrapper or _is_stand_in(attribute):
+            return attribute
+        attribute = getattr(attribute, "__wrapped__", None)
+    return None
+
+
+def reassert() -> bool:
+    """Put the guard's wrappers back where they were displaced, with the options in force; tell whether it did.
+
+    For whoever restores socket methods they saved before install() (the
+    pytest plugin calls it around each test). Does nothing unless the guard
+    is on and displaced.
+    """
+    with lock:
+        options = _state.state.options
+        if options is None or displaced() is None:
+            return False
+        activate(options)
+        return True

@@ -18,19 +18,55 @@ RESERVED_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
 
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
+# Bound now, not looked up at each read: a connect made from a __del__ during
+# interpreter shutdown finds builtins.open gone (the builtins are put back as
+# they were before io added it), and the module attributes may be patched by
+# tools such as blockbuster meanwhile. O_NONBLOCK: a sysctl file is served
+# from memory and never waits for a device; saying so lets a checker of
+# event-loop blocking (blockbuster's os.read) see it as the non-blocking read
+# it is.
+_os_open, _os_read, _os_close = os.open, os.read, os.close
+_RANGE_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+# getsockopt(SOL_SOCKET, SO_NETNS_COOKIE): a 64-bit number naming the network
+# namespace a socket was created in (Linux >= 5.14). One syscall, no fd.
+SO_NETNS_COOKIE = 71
+_getsockopt = _socket.socket.getsockopt
+_UNIX = getattr(_socket, "AF_UNIX", None)
+
 
 def read_ephemeral_range(path: Optional[str] = None) -> tuple[int, int]:
-    """Return the (low, high) ports the kernel picks source ports from.
+    """Return the (low, high) ports the kernel picks source ports from, in the calling thread's network namespace.
 
     Raises OSError or ValueError when the range cannot be read (not Linux, a
     restricted /proc): the caller decides how to fail open.
     """
     path = path or RANGE_FILE
-    with open(path, "rb") as f:
-        low, high = (int(field) for field in f.read().split())
+    fd = _os_open(path, _RANGE_FLAGS)
+    try:
+        text = _os_read(fd, 64)
+    finally:
+        _os_close(fd)
+    low, high = (int(field) for field in text.split())
     if not 0 < low <= high <= 65535:
         raise ValueError(f"implausible ephemeral port range {low}-{high} in {path}")
     return low, high
+
+
+def netns_cookie(sock: Any) -> bytes:
+    """The cookie of the network namespace *sock* was created in (8 bytes); OSError where the kernel can't say."""
+    if isinstance(sock, _socket.socket):
+        return bytes(_getsockopt(sock, socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))
+    return bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))
+
+
+def thread_netns_cookie() -> bytes:
+    """The cookie of the calling thread's network namespace, asked of a throwaway socket made there."""
+    probe = _socket.socket(_UNIX if _UNIX is not None else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        return netns_cookie(probe)
+    finally:
+        probe.close()
 
 
 def parse_port_list(text: str) -> list[tuple[int, int]]:
@@ -144,11 +180,16 @@ def disconnect(sock: socket.socket) -> None:
     connect() with every socket option intact. Python's connect() cannot build
     an AF_UNSPEC address, so this goes through libc. ctypes is imported on the
     first call only: a self-connect is rare, and most processes never see one.
+    Where ctypes can't be loaded (a CPython 3.12 isolated subinterpreter, an
+    interpreter built without _ctypes), the socket is replaced in place instead.
     """
     global _libc_connect, _unspec_address
     if _libc_connect is None:
-        import ctypes
-
+        try:
+            import ctypes
+        except ImportError:
+            replace_in_place(sock)
+            return
         libc = ctypes.CDLL(None, use_errno=True)
         libc.connect.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
         libc.connect.restype = ctypes.c_int
@@ -167,3 +208,66 @@ def disconnect(sock: socket.socket) -> None:
         _socket.socket.getsockopt(sock, socket.SOL_SOCKET, socket.SO_ERROR)  # the C method: no wrapper sees it
     else:
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+def _options() -> tuple[tuple[int, int, int], ...]:
+    """(level, option, buffer length) of the options replace_in_place() carries over, where Linux has them."""
+    sol, tcp, ip, ip6 = socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.IPPROTO_IP, getattr(socket, "IPPROTO_IPV6", 41)
+    named = [
+        (sol, "SO_REUSEADDR", 4), (sol, "SO_REUSEPORT", 4), (sol, "SO_KEEPALIVE", 4), (sol, "SO_SNDBUF", 4),
+        (sol, "SO_RCVBUF", 4), (sol, "SO_OOBINLINE", 4), (sol, "SO_PRIORITY", 4), (sol, "SO_MARK", 4),
+        (sol, "SO_LINGER", 8), (sol, "SO_RCVTIMEO", 16), (sol, "SO_SNDTIMEO", 16), (sol, "SO_RCVLOWAT", 4),
+        (sol, "SO_BINDTODEVICE", 16),
+        (tcp, "TCP_NODELAY", 4), (tcp, "TCP_MAXSEG", 4), (tcp, "TCP_KEEPIDLE", 4), (tcp, "TCP_KEEPINTVL", 4),
+        (tcp, "TCP_KEEPCNT", 4), (tcp, "TCP_SYNCNT", 4), (tcp, "TCP_LINGER2", 4), (tcp, "TCP_WINDOW_CLAMP", 4),
+        (tcp, "TCP_QUICKACK", 4), (tcp, "TCP_CONGESTION", 16), (tcp, "TCP_USER_TIMEOUT", 4),
+        (tcp, "TCP_NOTSENT_LOWAT", 4), (tcp, "TCP_FASTOPEN_CONNECT", 4),
+        (ip, "IP_TOS", 4), (ip, "IP_TTL", 4), (ip, "IP_FREEBIND", 4), (ip, "IP_TRANSPARENT", 4),
+        (ip, "IP_BIND_ADDRESS_NO_PORT", 4), (ip, "IP_MTU_DISCOVER", 4),
+        (ip6, "IPV6_V6ONLY", 4), (ip6, "IPV6_TCLASS", 4), (ip6, "IPV6_UNICAST_HOPS", 4),
+    ]  # fmt: skip
+    found = [(level, getattr(socket, name, None), size) for level, name, size in named]
+    # Constants Python lacks (Linux numbers): IP_FREEBIND 15, IP_TRANSPARENT 19,
+    # IP_BIND_ADDRESS_NO_PORT 24, IP_LOCAL_PORT_RANGE 51 (>= 6.3), TCP_FASTOPEN_CONNECT 30.
+    found += [(ip, 15, 4), (ip, 19, 4), (ip, 24, 4), (ip, 51, 4), (tcp, 30, 4)]
+    return tuple(dict.fromkeys((level, name, size) for level, name, size in found if name is not None))
+
+
+_CARRIED: Optional[tuple[tuple[int, int, int], ...]] = None
+_DOUBLED = {(socket.SOL_SOCKET, socket.SO_SNDBUF), (socket.SOL_SOCKET, socket.SO_RCVBUF)}
+
+
+def replace_in_place(sock: Any) -> None:
+    """Reset a self-connected socket without libc's AF_UNSPEC connect: a fresh socket takes over its fd number.
+
+    The old socket is closed with SO_LINGER 0 (RST: its port is free at once,
+    no TIME_WAIT) by dup2() putting a new socket of the same family, type and
+    protocol on the same fd, so the Python object, its fd and its timeout are
+    kept. The options a caller sets (those of _options(): SO_KEEPALIVE,
+    TCP_NODELAY, SO_BINDTODEVICE, IP_LOCAL_PORT_RANGE, ...) and O_NONBLOCK are
+    carried over where they differ from a fresh socket's; others, a bind() to
+    port 0, and copies of the fd made with dup() are not.
+    """
+    global _CARRIED
+    import struct
+
+    if _CARRIED is None:
+        _CARRIED = _options()
+    fd = sock.fileno()
+    fresh = _socket.socket(int(sock.family), int(sock.type), sock.proto)
+    try:
+        for level, name, size in _CARRIED:
+            try:
+                value = _getsockopt(sock, level, name, size)
+                if value == _getsockopt(fresh, level, name, size):
+                    continue
+                if (level, name) in _DOUBLED:  # the kernel doubles what it is given; give back half
+                    value = struct.pack("i", struct.unpack("i", value)[0] // 2)
+                fresh.setsockopt(level, name, value)
+            except OSError:
+                continue  # not this family's, not this kernel's, or not allowed here: left as a fresh socket has it
+        os.set_blocking(fresh.fileno(), os.get_blocking(fd))
+        _socket.socket.setsockopt(sock, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        os.dup2(fresh.fileno(), fd, inheritable=os.get_inheritable(fd))
+    finally:
+        fresh.close()

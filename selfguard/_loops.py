@@ -1,4 +1,4 @@
-"""Event loops: retry self-connects of asyncio's and uvloop's connects transparently, patched when they are imported."""
+"""Event loops: guard asyncio's, uvloop's and gevent's connects, each patched when its module is imported."""
 
 from __future__ import annotations
 
@@ -19,14 +19,19 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 API = "loop.sock_connect"
-# module -> (the loop class in it, {method: wrapper}). uvloop.Loop is a Python
-# subclass of its compiled loop, so its methods can be wrapped like asyncio's;
-# its sock_connect calls the Python socket's connect() and getsockopt(), so
-# the same wrapper retries there, while create_connection connects in libuv
-# and needs a wrapper of its own (_uvloop).
+# module -> (the class in it that connects, its methods to wrap). uvloop.Loop is
+# a Python subclass of its compiled loop, so its methods can be wrapped like
+# asyncio's; its sock_connect calls the Python socket's connect() and
+# getsockopt(), so the same wrapper retries there, while create_connection
+# connects in libuv and needs a wrapper of its own (_uvloop). gevent's socket
+# class (gevent.socket.socket, used directly by geventhttpclient and other
+# gevent-native clients, and socket.socket itself once monkey-patched) holds a
+# _socket.socket and connects through it, out of socket.socket's wrappers'
+# sight: it gets the same wrappers as socket.socket, with or without monkey-patching.
 _TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "asyncio.selector_events": ("BaseSelectorEventLoop", ("sock_connect",)),
     "uvloop": ("Loop", ("sock_connect", "create_connection")),
+    "gevent._socket3": ("socket", ("connect", "connect_ex", "getsockopt", "bind", "sendto", "sendmsg")),
 }
 _hooked: set[str] = set()
 
@@ -34,9 +39,9 @@ _hooked: set[str] = set()
 def watch() -> None:
     """Patch each event loop now if its module is imported, else as soon as it is.
 
-    install() must not import asyncio or uvloop itself: that would cost
-    ~30 ms in every process that never uses them (and a sitecustomize runs
-    in all of them).
+    install() must not import asyncio, uvloop or gevent itself: that would
+    cost ~30 ms in every process that never uses them (and a sitecustomize
+    runs in all of them).
     """
     for name in _TARGETS:
         module = sys.modules.get(name)
@@ -56,11 +61,11 @@ def _patch(module: Any) -> None:
         if state.options is None or cls is None:
             return
         for method in methods:
-            _install.wrap(cls, method, wrapper_for(method))
+            _install.wrap(cls, method, _install.wrapper_for(method))
 
 
 def wrapper_for(method: str) -> Callable[..., Any]:
-    """The guard's wrapper for an event loop's *method* (sock_connect, create_connection)."""
+    """The guard's wrapper for an event loop's *method* (sock_connect, create_connection); see _install.wrapper_for."""
     if method == "create_connection":
         from ._uvloop import create_connection
 
@@ -100,12 +105,12 @@ async def sock_connect(
                 # Cancelled (a timeout, a happy-eyeballs race lost) just as the
                 # connect completed: a self-connected socket closed as it is
                 # would keep the server's port in TIME_WAIT. Nobody will retry.
-                local = self_connected(sock, port) if in_range(port) else None
+                local = self_connected(sock, port) if in_range(port, sock) else None
                 if local is not None:
                     on_self_connect(sock, local, address, API, attempt, can_retry=False)
                 raise
             else:
-                if not in_range(port):
+                if not in_range(port, sock):
                     return None  # a kernel-picked port never equals one outside the range
                 local = self_connected(sock, port)
                 if local is None:
@@ -119,4 +124,11 @@ async def sock_connect(
             attempt += 1
             retrying(API, address, attempt, reason)
     finally:
-        state.delegated.reset(token)
+        try:
+            state.delegated.reset(token)
+        except ValueError:
+            # Closed outside the task's context (coroutine.close() from
+            # elsewhere, or the garbage collector once a torn-down loop's task
+            # is dropped): the flag was set in the task's context, never in
+            # this one, so there is nothing here to undo.
+            pass

@@ -36,6 +36,7 @@ def connected_without_blocking(sock: Any, port: int, address: Any, api: str, res
     """A non-blocking connect reported success: check it like a completed one, but with no retry."""
     if state.delegated.get():
         return result  # asyncio's sock_connect checks it itself, and can retry
+    state.pending.discard(sock)  # checked here: a later SO_ERROR read is no connect to check
     local = self_connected(sock, port)
     if local is None or on_self_connect(sock, local, address, api, 1, can_retry=False) is Action.HAND_BACK:
         return result
@@ -68,6 +69,12 @@ def getsockopt_wrapper(
         # return; only a socket the user made non-blocking is checked here.
         if getattr(instance, "type", None) != _SOCK_STREAM or instance.gettimeout() != 0.0:
             return value
+    if not state.pending.discard(instance) and type(instance).__weakrefoffset__:
+        # No non-blocking connect of the guard's in flight: a read on a socket
+        # that is connected (and was checked) already, or never dialled a port
+        # the guard checks. A class that can't be remembered is checked at
+        # every read, as before.
+        return value
     local = self_connected(instance)
     if local is None:
         return value

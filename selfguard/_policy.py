@@ -82,7 +82,7 @@ def on_addrnotavail(sock: Any, port: int, address: Any, api: str, attempt: int, 
     the ephemeral range, or on a socket the user bound, it cannot be.
     """
     options = state.options
-    if options is None or not options.retry_addrnotavail or not in_range(port) or not is_inet(sock):
+    if options is None or not options.retry_addrnotavail or not in_range(port, sock) or not is_inet(sock):
         return Action.HAND_BACK
     if sock in state.user_bound or _native.watches(sock):
         return Action.HAND_BACK  # the user's port; or the native guard's EADDRNOTAVAIL, counted and retried below

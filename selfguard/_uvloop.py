@@ -10,11 +10,16 @@ the user's protocol (set_protocol, then connection_made), so the protocol
 never sees a self-connected one. With ssl=, the handshake would run against
 the socket itself, so the TCP connection is made and checked first and TLS
 started on it after (loop.start_tls), as create_connection would have.
+
+uvloop binds and validates its own arguments: the wrapper only swaps the
+protocol factory for the gate, wherever the caller put it, and reads the
+port without judging it. The gate is also the factory uvloop is given for
+every attempt; it calls the user's factory once, on the first, as uvloop
+calls it once per create_connection.
 """
 
 from __future__ import annotations
 
-import functools
 import ssl as _ssl
 
 from ._detect import port_of, self_connected
@@ -30,17 +35,30 @@ if TYPE_CHECKING:
 
 API = "loop.create_connection"
 _TLS_OPTIONS = ("ssl", "server_hostname", "ssl_handshake_timeout", "ssl_shutdown_timeout")
+_UNMADE: Any = object()  # the user's protocol, before the user's factory is called
 
 
 class _Gate:
-    """The protocol uvloop sees until the connection is known not to be a self-connect."""
+    """The protocol factory and protocol uvloop sees until the connection is known not to be a self-connect."""
 
-    def __init__(self, factory: Callable[[], Any], port: int, address: Any, attempt: int, tls: bool) -> None:
-        # Made now, as uvloop makes it before it connects: a factory that
-        # raises makes create_connection raise, as without the guard.
-        self.protocol = factory()
-        self.port, self.address, self.attempt, self.tls = port, address, attempt, tls
+    __slots__ = ("action", "address", "attempt", "factory", "port", "protocol", "tls")
+
+    def __init__(self, factory: Callable[[], Any], port: int, address: Any, tls: bool) -> None:
+        self.factory, self.port, self.address, self.tls = factory, port, address, tls
+        self.protocol = _UNMADE
+        self.attempt = 0
         self.action: Optional[Action] = None
+
+    def __call__(self) -> _Gate:
+        # uvloop calls its factory first thing, once per create_connection: the
+        # user's is called there on the first attempt (a factory that raises
+        # makes create_connection raise, as without the guard), and its
+        # protocol waits through the attempts a self-connect costs.
+        if self.protocol is _UNMADE:
+            self.protocol = self.factory()
+        self.attempt += 1
+        self.action = None
+        return self
 
     def connection_made(self, transport: Any) -> None:
         # The transport's sockname costs a quarter of its socket's
@@ -71,83 +89,93 @@ class _Gate:
         pass
 
 
-def _open_gate(into: list[_Gate], *args: Any) -> _Gate:
-    """The protocol factory uvloop is given: a gate, kept where the wrapper can see what it found."""
-    into.append(_Gate(*args))
-    return into[-1]
-
-
 def create_connection(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Guard uvloop's Loop.create_connection (and so asyncio.open_connection under uvloop).
 
     Passes through, untouched, whatever cannot self-connect or is not the
-    guard's: a sock= given, a local_addr bound to an explicit port, a port
-    outside the ephemeral range, arguments the real method will reject. Not
-    a coroutine itself: a passthrough returns uvloop's own coroutine, with no
-    layer of ours around it.
+    guard's: a sock= given, a local_addr bound to an explicit port, no port,
+    a port outside the ephemeral range. Not a coroutine itself: a
+    passthrough returns uvloop's own coroutine, with no layer of ours around it.
     """
-    if state.options is None or len(args) > 3:
+    if state.options is None:
         return wrapped(*args, **kwargs)
-    factory, host, port = (*args, None, None, None)[:3]
     if kwargs:
-        factory = kwargs.get("protocol_factory", factory)
-        host = kwargs.get("host", host)
-        port = kwargs.get("port", port)
-        local_addr = kwargs.get("local_addr")
-        if kwargs.get("sock") is not None or (local_addr is not None and port_of(local_addr)):
-            return wrapped(*args, **kwargs)
-    if factory is None or host is None or port is None:
+        return _with_keywords(wrapped, instance, args, kwargs)
+    if len(args) != 3:
+        return wrapped(*args)  # no port (or too many arguments): uvloop's to judge
+    factory, host, port = args
+    number = _port_number(port)
+    if number and not in_range(number):
+        return wrapped(*args)
+    # number 0: a form getaddrinfo may read but the guard does not (" 40000",
+    # 40000.0, "²"); the gate then judges by the ports the connection has.
+    gate = _Gate(factory, number, (host, port), False)
+    return _through_gate(wrapped, instance, gate, (gate, host, port), kwargs, None)
+
+
+def _with_keywords(wrapped: Callable[..., Any], loop: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """create_connection called with keywords: the same, once uvloop has bound the call the guard will make."""
+    if kwargs.get("sock") is not None or port_of(kwargs.get("local_addr")):
         return wrapped(*args, **kwargs)
+    # Read, not bound: an argument given twice or unknown makes uvloop raise
+    # below, at call time as without the guard.
+    factory: Any = args[0] if args else kwargs.get("protocol_factory")
+    host = args[1] if len(args) > 1 else kwargs.get("host")
+    port = args[2] if len(args) > 2 else kwargs.get("port")
+    tls = bool(kwargs.get("ssl"))
+    if port is None or (tls and not host and kwargs.get("server_hostname") is None):
+        return wrapped(*args, **kwargs)  # nothing to dial the guard can check, or uvloop's ValueError
     number = _port_number(port)
     if number and not in_range(number):
         return wrapped(*args, **kwargs)
-    # number 0: a form getaddrinfo reads but the guard does not (" 40000",
-    # 40000.0); the gate then judges by the ports the connection has.
-    tls, rest = {}, {}
-    if kwargs:
-        tls = {name: kwargs[name] for name in _TLS_OPTIONS if name in kwargs}
-        rest = {k: v for k, v in kwargs.items() if k not in ("protocol_factory", "host", "port", *_TLS_OPTIONS)}
-        if not tls.get("ssl"):
-            rest.update(tls)  # ssl=None/False with its options: the real method judges them
-            tls = {}
-    return _through_gates(wrapped, instance, factory, host, port, number, rest, tls)
+    gate = _Gate(factory, number, (host, port), tls)
+    if args:
+        args = (gate, *args[1:])
+    kwargs = dict(kwargs)
+    if "protocol_factory" in kwargs:
+        kwargs["protocol_factory"] = gate
+    # uvloop binds the arguments when its coroutine is made, and makes no
+    # call before it runs: made and closed, it raises what the caller's call
+    # would have raised, where it would have.
+    wrapped(*args, **kwargs).close()
+    tls_options = None
+    if tls:
+        tls_options = {name: kwargs.pop(name) for name in _TLS_OPTIONS if name in kwargs}
+    return _through_gate(wrapped, loop, gate, args, kwargs, tls_options)
 
 
 def _port_number(port: Any) -> int:
     """The port as a number when it is written as one (int, __index__, decimal text or bytes), else 0."""
+    if type(port) is int:
+        return port
     if isinstance(port, (str, bytes)):
-        return int(port) if port.isdigit() else 0
+        try:
+            return int(port)
+        except ValueError:
+            return 0  # not a number int() reads ("http", "²"): getaddrinfo's to judge
     return port_of((None, port))
 
 
-async def _through_gates(
+async def _through_gate(
     wrapped: Callable[..., Any],
     loop: Any,
-    factory: Callable[[], Any],
-    host: Any,
-    port: Any,
-    number: int,
-    rest: dict[str, Any],
-    tls: dict[str, Any],
+    gate: _Gate,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    tls: Optional[dict[str, Any]],
 ) -> Any:
-    """Connect through a gate until the policy is satisfied; then TLS, if asked for."""
-    address = (host, port)
-    attempt = 1
+    """Connect through the gate until the policy is satisfied; then TLS, if asked for."""
     while True:
-        gates: list[_Gate] = []
-        opener = functools.partial(_open_gate, gates, factory, number, address, attempt, bool(tls))
-        transport, _ = await wrapped(opener, host, port, **rest)
-        action = gates[-1].action
+        transport, _ = await wrapped(*args, **kwargs)
+        action = gate.action
         if action is Action.REFUSE:
-            raise SelfConnectError(address, attempt)
+            raise SelfConnectError(gate.address, gate.attempt)
         if action is not Action.RETRY:
             break
-        attempt += 1
-        retrying(API, address, attempt, "self-connect")
-    protocol = gates[-1].protocol
+        retrying(API, gate.address, gate.attempt + 1, "self-connect")
     if not tls:
-        return transport, protocol
-    return await _start_tls(loop, transport, protocol, host, tls)
+        return transport, gate.protocol
+    return await _start_tls(loop, transport, gate.protocol, gate.address[0], tls)
 
 
 async def _start_tls(loop: Any, transport: Any, protocol: Any, host: Any, tls: dict[str, Any]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
 
 import pytest
@@ -58,6 +59,46 @@ def pytest_configure(config: pytest.Config) -> None:
     _installed_here = not selfguard.is_installed() and selfguard.install()
 
 
+# Around each test, a guard that is on has its wrappers put back wherever they were
+# displaced: pytest-socket (and any plugin like it) saves socket.socket.connect
+# when it is imported -- before this plugin installs at configure time -- and
+# puts that bare method back at every test's teardown. Each point below comes
+# after other plugins' changes of the phase before: the setup (tryfirst:
+# before fixtures), each fixture's setup (after other plugins' setup hooks),
+# the call, and what is left of the teardown once a fixture's finalizers ran.
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _reassert(item.config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> None:
+    _reassert(request.config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    _reassert(item.config)
+
+
+def pytest_fixture_post_finalizer(fixturedef: Any, request: pytest.FixtureRequest) -> None:
+    _reassert(request.config)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    _reassert(item.config)
+
+
+def _reassert(config: pytest.Config) -> None:
+    # Whoever installed the guard (--selfguard, a sitecustomize, a conftest),
+    # it stays in place; selfguard is not imported for it in sessions without it.
+    if "selfguard._install" in sys.modules:
+        from selfguard import _install
+
+        _install.reassert()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _installed_here
     # Only a guard this plugin installed is removed: one installed before
@@ -107,7 +148,10 @@ def selfguard_events() -> Iterator[list[Event]]:
     def record(event: Event) -> None:
         events.append(event)
 
-    installed_here = not selfguard.is_installed() and selfguard.install()
+    from selfguard import _install
+
+    installed_here = "off" == selfguard.status() and selfguard.install()
+    _install.reassert()  # displaced: installed, with its options; only the wrappers go back
     if not selfguard.is_installed():
         pytest.skip("selfguard is switched off in the environment (SELFGUARD=0): there are no events to record")
     selfguard.add_listener(record)

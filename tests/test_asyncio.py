@@ -14,7 +14,7 @@ import pytest
 import selfguard
 from selfguard.testing import force_self_connects
 
-from helpers import LINGER_RST
+from helpers import LINGER_RST, full_backlog_server
 
 pytestmark = pytest.mark.usefixtures("needs_forcing")
 
@@ -193,7 +193,7 @@ def test_asyncio_imported_after_install_is_patched():
         "selfguard.install()\n"
         "assert 'asyncio' not in sys.modules, 'install() imported asyncio'\n"
         "import asyncio.selector_events as se\n"
-        "assert type(vars(se.BaseSelectorEventLoop)['sock_connect']).__name__ == 'FunctionWrapper'\n"
+        "assert isinstance(vars(se.BaseSelectorEventLoop)['sock_connect'], wrapt.FunctionWrapper)\n"
         "selfguard.uninstall()\n"
         "assert type(vars(se.BaseSelectorEventLoop)['sock_connect']).__name__ == 'function'\n"
         "print('ok')\n"
@@ -266,3 +266,94 @@ def test_a_cancelled_asyncio_connect_leaves_the_port_free(free_port):
     srv = socket.socket()
     srv.bind(("127.0.0.1", port))  # no EADDRINUSE: no TIME_WAIT was left behind
     srv.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_pending_sock_connect_closed_outside_its_task_does_not_raise(loop_kind, free_port):
+    """coroutine.close() from outside the task that runs it, its connect pending: no error, as without the guard."""
+    new_loop = asyncio.new_event_loop if loop_kind == "asyncio" else pytest.importorskip("uvloop").new_event_loop
+    port = free_port()
+    server, waiting = full_backlog_server(port)  # SYNs dropped: the connect stays pending
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            connecting = loop.sock_connect(sock, ("127.0.0.1", port))
+            task = loop.create_task(connecting)  # runs in a copy of this context
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            try:
+                connecting.close()  # here, in this context: GeneratorExit where the task left it
+                closed = "closed"
+            except Exception as exc:
+                closed = repr(exc)
+            task.cancel()
+            try:
+                await task
+            except BaseException as exc:  # the task drives a closed coroutine: what asyncio makes of it
+                return closed, type(exc).__name__, str(exc)
+            return closed, "finished"
+
+    outcomes = []
+    try:
+        for guarded in (False, True):
+            if guarded:
+                selfguard.install()
+            loop = new_loop()
+            try:
+                outcomes.append(loop.run_until_complete(asyncio.wait_for(main(), 20)))
+            finally:
+                loop.close()
+    finally:
+        server.close()
+        waiting.close()
+    assert "closed" == outcomes[1][0]
+    assert outcomes[0] == outcomes[1]
+
+
+TORN_DOWN = r"""
+import asyncio, gc, socket, sys
+import selfguard
+if sys.argv[2] == "guarded":
+    selfguard.install()
+port = int(sys.argv[3])
+server = socket.socket()
+server.bind(("127.0.0.1", port))
+server.listen(0)
+waiting = socket.create_connection(("127.0.0.1", port))  # backlog full: the next connect stays pending
+sock = socket.socket()
+sock.setblocking(False)
+
+async def start():
+    loop = asyncio.get_running_loop()
+    loop.create_task(loop.sock_connect(sock, ("127.0.0.1", port)))
+    await asyncio.sleep(0.05)
+
+if sys.argv[1] == "uvloop":
+    import uvloop
+    loop = uvloop.new_event_loop()
+else:
+    loop = asyncio.new_event_loop()
+loop.run_until_complete(start())
+loop.close()  # its pending task is never cancelled: the garbage collector closes its coroutine
+del loop
+gc.collect()
+print("done")
+"""
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_pending_sock_connect_of_a_torn_down_loop_leaves_no_extra_traceback(loop_kind, free_port):
+    """A loop closed with a sock_connect pending, its task collected: stderr the same as without the guard."""
+    if loop_kind == "uvloop":
+        pytest.importorskip("uvloop")
+    port = free_port()
+    stderr = {}
+    for mode in ("unguarded", "guarded"):
+        done = subprocess.run(
+            [sys.executable, "-c", TORN_DOWN, loop_kind, mode, str(port)], capture_output=True, text=True, timeout=60
+        )
+        assert "done\n" == done.stdout, done.stderr
+        stderr[mode] = [line for line in done.stderr.splitlines() if "Exception ignored" in line or "Context" in line]
+    assert stderr["unguarded"] == stderr["guarded"]

@@ -26,7 +26,7 @@ from helpers import require, under_sitecustomize
 CHECK = """
 import sys
 print(sum(type(f).__name__ == "_SelfguardAfterSocket" for f in sys.meta_path), "hook(s)")
-import json, urllib.request, socket, selfguard
+import json, urllib.request, socket, selfguard, wrapt
 from selfguard.testing import force_self_connect
 s = socket.socket()
 force_self_connect(s, {port})
@@ -35,9 +35,9 @@ try:
 except selfguard.SelfConnectError as exc:
     print("caught after", exc.attempts, "attempts")
 connect = vars(socket.socket)["connect"]
-print(type(connect).__name__, "around", type(connect.__wrapped__).__name__)
+print(isinstance(connect, wrapt.FunctionWrapper) and "wrapper", "around", type(connect.__wrapped__).__name__)
 """
-GUARDED_ONCE = "1 hook(s)\ncaught after 3 attempts\nFunctionWrapper around method_descriptor\n"
+GUARDED_ONCE = "1 hook(s)\ncaught after 3 attempts\nwrapper around method_descriptor\n"
 USERS = "import sys\nsys.stdout.write('theirs ran\\n')\n"
 
 

@@ -4,8 +4,10 @@ The guard sits in front of uvloop's create_connection (a gate protocol, and
 TLS started after the check) and sock_connect. Every call here either cannot
 self-connect or fails before it could: refused ports of the parity connect()
 tries last, a real server, ports outside the range, bad hosts and ports,
-sock= and local_addr=, TLS against a server that speaks no TLS, and TLS that
-works. Each is run unguarded then guarded on a fresh uvloop loop.
+arguments given twice, unknown or missing (uvloop binds and validates them,
+at call time or when awaited: both must stay where they were), sock= and
+local_addr=, TLS against a server that speaks no TLS, and TLS that works.
+Each is run unguarded then guarded on a fresh uvloop loop.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ async def _greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 async def _outcome(make_call: Callable[[Any, dict[str, int]], Any], ports: dict[str, int]) -> tuple[Any, ...]:
     loop = asyncio.get_running_loop()
     try:
-        result = await asyncio.wait_for(make_call(loop, ports), 5)
+        call = make_call(loop, ports)
+    except BaseException as exc:  # when it raises matters too: binding errors come at call time
+        return ("at call", type(exc).__name__, getattr(exc, "errno", None), str(exc))
+    try:
+        result = await asyncio.wait_for(call, 5)
     except BaseException as exc:
         return (type(exc).__name__, getattr(exc, "errno", None), str(exc).replace(str(ports.get("plain")), "P"))
     if isinstance(result, tuple) and len(result) == 2 and hasattr(result[0], "get_extra_info"):
@@ -121,6 +127,24 @@ CASES: dict[str, Callable[[Any, dict[str, int]], Any]] = {
     "host too long": lambda loop, p: loop.create_connection(Quiet, "a" * 300, p["plain"]),
     "factory raises": lambda loop, p: loop.create_connection(lambda: 1 / 0, "127.0.0.1", p["plain"]),
     "too many arguments": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", p["plain"], None),
+    # uvloop binds and validates its own arguments, with or without the guard.
+    "port '²'": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", "\u00b2"),
+    "port '²', keywords": lambda loop, p: loop.create_connection(Quiet, host="127.0.0.1", port="\u00b2"),
+    "port in Arabic-Indic digits": lambda loop, p: loop.create_connection(
+        Quiet, "127.0.0.1", str(closed_port(8)).translate({ord("0") + i: 0x660 + i for i in range(10)})
+    ),
+    "port of 5000 digits": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", "1" * 5000),
+    "host twice": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", p["plain"], host="127.0.0.1"),
+    "port twice": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", p["plain"], port=p["plain"]),
+    "port twice, TLS": lambda loop, p: loop.create_connection(
+        Quiet, "127.0.0.1", p["tls"], port=p["tls"], ssl=CLIENT_TLS, server_hostname="localhost"
+    ),
+    "factory twice": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", p["plain"], protocol_factory=Quiet),
+    "no factory": lambda loop, p: loop.create_connection(host="127.0.0.1", port=p["plain"]),
+    "unknown keyword": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", p["plain"], timeout=1),
+    "TLS without a host": lambda loop, p: loop.create_connection(Quiet, None, p["tls"], ssl=CLIENT_TLS),
+    "TLS, empty host": lambda loop, p: loop.create_connection(Quiet, "", p["tls"], ssl=CLIENT_TLS),
+    "no port": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1"),
     "sock_connect refused": _sock_connect(lambda p: ("127.0.0.1", closed_port(7))),
     "sock_connect served": _sock_connect(lambda p: ("127.0.0.1", p["plain"])),
     "sock_connect bad address": _sock_connect(lambda p: ("127.0.0.1",)),

@@ -32,3 +32,13 @@ def test_a_self_connect_error_survives_pickling():
         copy.errno,
         str(copy),
     )
+
+
+def test_notes_and_attributes_survive_pickling():
+    """A note (add_note on 3.11+) and an attribute the caller set are there after the trip, as for any exception."""
+    error = selfguard.SelfConnectError(("127.0.0.1", 45000), 3)
+    error.__notes__ = ["while fetching the config"]
+    error.request_id = 7
+    copy = pickle.loads(pickle.dumps(error))
+    assert (["while fetching the config"], 7) == (copy.__notes__, copy.request_id)
+    assert (error.address, error.attempts, str(error)) == (copy.address, copy.attempts, str(copy))

@@ -91,26 +91,109 @@ def test_broken_logging_never_breaks_a_connect(forced, free_port):
         logger.removeHandler(handler)  # type: ignore[arg-type]
 
 
-def test_without_ctypes_the_guard_fails_open_and_counts_it(free_port):
-    """An interpreter without _ctypes cannot reset in place: the connect returns as the stdlib's, one fault counted."""
+def test_without_ctypes_the_socket_is_replaced_in_place_with_its_options(free_port):
+    """Without _ctypes a self-connect is reset all the same: a fresh socket on the same fd, options kept."""
     require_forcing()
     port = free_port()
     done = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys; sys.modules['_ctypes'] = None  # as if built without it\n"
-            "import socket, selfguard\n"
+            "import sys; sys.modules['_ctypes'] = None  # as if built without it (or a 3.12 subinterpreter)\n"
+            "import os, socket, selfguard\n"
             "from selfguard.testing import force_self_connect\n"
             "selfguard.install()\n"
-            "s = socket.socket(); force_self_connect(s, int(sys.argv[1]))\n"
-            "s.connect(('127.0.0.1', int(sys.argv[1])))\n"
-            "print(selfguard.is_self_connected(s), selfguard.stats()['faults'])\n",
+            "port = int(sys.argv[1])\n"
+            "s = socket.socket(); s.settimeout(3.5); fd = s.fileno()\n"
+            "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)\n"
+            "force_self_connect(s, port)\n"
+            "try:\n"
+            "    s.connect(('127.0.0.1', port))\n"
+            "except selfguard.SelfConnectError:\n"
+            "    print('SelfConnectError')\n"
+            "print(s.fileno() == fd, s.gettimeout(), os.get_blocking(fd),\n"
+            "      s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),\n"
+            "      s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))\n"
+            "socket.create_server(('127.0.0.1', port)).close()  # RST, not FIN: the port is free at once\n"
+            "print(selfguard.stats()['self_connects'], selfguard.stats()['faults'])\n",
             str(port),
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert "True 1" == done.stdout.strip(), done.stderr
-    assert 1 == done.stderr.count("disconnecting a self-connected socket failed")
+    assert ["SelfConnectError", "True 3.5 False 1 1", "3 0"] == done.stdout.split("\n")[:3], done.stderr
+
+
+def test_a_connect_during_interpreter_shutdown_behaves_as_the_stdlibs():
+    """A __del__ that connects at shutdown, with the cached range stale, gets the stdlib's outcome (no NameError)."""
+    script = r"""
+import os, socket, sys, time
+import selfguard
+from selfguard._kernel import read_ephemeral_range
+from selfguard.testing import free_port
+
+PORT = free_port(1024, read_ephemeral_range()[0] - 1)  # outside the range, nothing listening: refused
+
+class Late:
+    def __del__(self):
+        sock = socket.socket()
+        try:
+            outcome = sock.connect_ex(("127.0.0.1", PORT))
+        except BaseException as exc:
+            outcome = repr(exc)
+        finally:
+            sock.close()
+        os.write(1, f"{outcome}\n".encode())
+
+selfguard.install()
+with socket.socket() as first:  # the range is read now
+    first.connect_ex(("127.0.0.1", PORT))
+time.sleep(1.2)  # and is stale by the time of the shutdown
+late = Late()
+late.cycle = late  # collected by the collection at shutdown, once builtins.open is gone
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    assert str(errno.ECONNREFUSED) == done.stdout.strip(), done.stdout + done.stderr
+    assert "Exception ignored" not in done.stderr
+
+
+def test_one_failed_read_of_the_range_costs_one_fault_and_the_next_read_puts_it_back():
+    """EMFILE at the fd limit while the range is due: that connect is checked; a second later the range is back."""
+    script = r"""
+import json, os, resource, socket, time
+import selfguard
+from selfguard._kernel import read_ephemeral_range
+from selfguard.testing import free_port
+
+selfguard.install()
+server = socket.create_server(("127.0.0.1", free_port(1024, read_ephemeral_range()[0] - 1)))
+clients = [socket.socket() for _ in range(3)]
+clients[0].connect(server.getsockname())  # the range is read: a port outside it is not checked
+checked = [selfguard.stats()["checked"]]
+time.sleep(1.2)  # the range is due for a read
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+filler = []
+try:
+    while True:
+        filler.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+clients[1].connect(server.getsockname())  # the read fails (EMFILE): every port is checked
+checked.append(selfguard.stats()["checked"])
+for fd in filler:
+    os.close(fd)
+time.sleep(1.2)
+clients[2].connect(server.getsockname())  # the next read puts the range back
+checked.append(selfguard.stats()["checked"])
+print(json.dumps({"checked": checked, "faults": selfguard.stats()["faults"]}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    report = __import__("json").loads(done.stdout)
+    assert [0, 1, 1] == report["checked"]
+    assert 1 == report["faults"]
+    assert 1 == done.stderr.count("ephemeral port range"), done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _socket
+import pickle
 import socket
 import threading
 
@@ -10,6 +11,8 @@ import pytest
 import wrapt
 
 import selfguard
+
+from helpers import outcome
 
 PATCHED = ("connect", "connect_ex", "getsockopt", "bind")
 
@@ -133,3 +136,39 @@ def test_install_and_uninstall_from_many_threads_leave_a_consistent_state():
     assert not any(name in vars(socket.socket) for name in PATCHED)
     selfguard.install()
     assert all(name in vars(socket.socket) for name in PATCHED)
+
+
+ALL_WRAPPED = ("connect", "connect_ex", "getsockopt", "bind", "sendto", "sendmsg")
+
+
+def pickling(sock: socket.socket) -> list[object]:
+    """What pickling each wrapped method gives, through the class and bound to *sock*."""
+    seen: list[object] = []
+    for name in ALL_WRAPPED:
+        seen.append(outcome(lambda: pickle.dumps(getattr(socket.socket, name))))
+        seen.append(outcome(lambda: pickle.dumps(getattr(sock, name))))
+    return seen
+
+
+def test_the_wrapped_methods_pickle_as_the_stdlib_methods_do():
+    """pickle.dumps(socket.socket.connect) gives the stdlib's bytes; a bound method raises the stdlib's TypeError."""
+    with socket.socket() as sock:
+        bare = pickling(sock)
+        selfguard.install()
+        guarded = pickling(sock)
+    assert bare == guarded
+    assert (TypeError, None, "cannot pickle 'socket' object") == bare[1]
+
+
+def test_a_wrapper_of_ours_put_back_is_reused_and_undone_exactly():
+    """Saved, replaced, re-guarded, then put back (as monkeypatch undoes): one layer, and uninstall() leaves it bare."""
+    selfguard.install()
+    ours = vars(socket.socket)["connect"]
+    socket.socket.connect = _socket.socket.connect  # someone's replacement (a saved bare method)
+    selfguard.install()  # guards their replacement
+    socket.socket.connect = ours  # their undo puts back what they saved
+    selfguard.install()
+    seen = (selfguard.status(), vars(socket.socket)["connect"] is ours, ours.__wrapped__ is _socket.socket.connect)
+    selfguard.uninstall()
+    assert ("active", True, True) == seen
+    assert not any(name in vars(socket.socket) for name in ALL_WRAPPED)

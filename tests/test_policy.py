@@ -140,3 +140,58 @@ def test_so_error_with_a_buffer_length_passes_real_errors_through(free_port):
             seen.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR, 8))
     assert seen[0] == seen[1]
     assert any(seen[0])
+
+
+class _ComparedSocket(socket.socket):  # noqa: PLW1641 (unhashable on purpose)
+    """A socket class that defines __eq__, and so is unhashable (as some libraries' wrappers are)."""
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+@pytest.mark.parametrize("mode", ["enforce", "observe"])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_an_unhashable_socket_class_gets_the_same_outcome(free_port, mode, path):
+    """A socket.socket subclass with __eq__ (no __hash__) self-connects: reset and refused, or handed back once."""
+    require_forcing()
+    selfguard.install(mode=mode, retries=0)
+    port = free_port()
+    sock = _ComparedSocket()
+    sock.settimeout(5)
+    from selfguard.testing import force_self_connect
+
+    force_self_connect(sock, port)
+    outcome = PATHS[path](sock, ("127.0.0.1", port))
+    if mode == "enforce":
+        assert errno.ECONNREFUSED == outcome
+        assert not selfguard.is_self_connected(sock)
+    else:
+        assert 0 == outcome
+        assert selfguard.is_self_connected(sock)
+        for _ in range(2):
+            assert 0 == sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    assert 1 == selfguard.stats()["self_connects"]
+    close_rst(sock)
+
+
+def test_an_unhashable_socket_bound_on_purpose_connects_to_itself(free_port):
+    """bind() to an explicit port on an unhashable socket is remembered: the deliberate self-connect is left alone."""
+    selfguard.install()
+    port = free_port()
+    with _ComparedSocket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        assert selfguard.is_self_connected(sock)
+        assert 0 == selfguard.stats()["self_connects"]
+
+
+def test_a_socket_bound_to_port_0_that_dials_its_own_port_is_reset():
+    """bind(("127.0.0.1", 0)) then a dial to that port: the kernel picked it, so it is reset (docs/limits.md)."""
+    selfguard.install()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        with pytest.raises(ConnectionRefusedError):  # the retry picks another port: nothing listens at this one
+            sock.connect(sock.getsockname())
+    assert 1 == selfguard.stats()["self_connects"]

@@ -205,3 +205,86 @@ def test_with_selfguard_off_the_events_fixture_skips_with_the_reason(pytester):
     assert 0 == done.returncode, done.stdout
     assert "1 skipped" in done.stdout, done.stdout
     assert "SELFGUARD" in done.stdout.split("short test summary info")[-1], done.stdout
+
+
+# Three tests, each forcing a real self-connect: each must meet the guard.
+EVERY_TEST_GUARDED = """
+import socket, pytest, selfguard
+from selfguard.testing import force_self_connect
+
+PORT = {port}
+
+@pytest.fixture
+def dialled_in_a_fixture():
+    yield self_connect()
+
+def self_connect():
+    s = socket.socket()
+    force_self_connect(s, PORT)
+    try:
+        s.connect(("127.0.0.1", PORT))
+        return "UNGUARDED"
+    except selfguard.SelfConnectError:
+        return "caught"
+    finally:
+        s.close()
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_guarded(n, dialled_in_a_fixture):
+    assert ("caught", "caught", "active") == (dialled_in_a_fixture, self_connect(), selfguard.status())
+"""
+
+# A plugin that saves socket.socket.connect when it is imported (before
+# --selfguard installs) and puts it back at each test's teardown, as pytest-socket does.
+SAVE_AND_RESTORE = """
+import socket
+
+_saved = socket.socket.connect
+
+def pytest_runtest_teardown():
+    socket.socket.connect = _saved
+"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["-p", "socket"], ["-p", "socket", "--allow-hosts=127.0.0.1"], ["-p", "no:socket", "-p", "save_and_restore"]],
+    ids=["pytest-socket", "pytest-socket --allow-hosts", "a plugin that saves and restores connect"],
+)
+def test_a_plugin_that_puts_back_a_saved_connect_leaves_every_test_guarded(pytester, free_port, options):
+    """With the real pytest-socket, or a plugin like it, every test of a --selfguard session is guarded."""
+    require_forcing()
+    pytest.importorskip("pytest_socket")
+    pytester.makepyfile(save_and_restore=SAVE_AND_RESTORE, test_it=EVERY_TEST_GUARDED.format(port=free_port()))
+    result = pytester.runpytest_subprocess("--selfguard", *options, timeout=120)
+    result.assert_outcomes(passed=3)
+
+
+MONKEYPATCHED_CONNECT = """
+import _socket, socket, pytest, selfguard
+
+calls = []
+
+@pytest.fixture
+def recorded(monkeypatch):
+    def connect(self, address):
+        calls.append(address)
+        return _socket.socket.connect(self, address)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+def test_their_replacement_is_called(recorded):
+    assert 0 != socket.socket().connect_ex(("127.0.0.1", 1))  # connect_ex: untouched
+    with pytest.raises(ConnectionRefusedError):
+        socket.socket().connect(("127.0.0.1", 1))
+    assert [("127.0.0.1", 1)] == calls
+
+def test_afterwards_one_layer_of_guard_again():
+    connect = vars(socket.socket)["connect"]
+    assert ("active", True) == (selfguard.status(), connect.__wrapped__ is _socket.socket.connect)
+"""
+
+
+def test_a_test_that_monkeypatches_connect_gets_its_replacement_and_the_guard_comes_back_once(pytester):
+    """A fixture's monkeypatch of connect is called (through the guard); its undo leaves one layer of guard."""
+    pytester.makepyfile(MONKEYPATCHED_CONNECT)
+    pytester.runpytest_subprocess("--selfguard", "-p", "no:socket", timeout=120).assert_outcomes(passed=2)

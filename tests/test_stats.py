@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import select
 import socket
 
 import pytest
@@ -24,6 +26,19 @@ def test_checked_counts_guarded_connects_inside_the_range():
             with socket.create_connection(srv.getsockname()):
                 srv.accept()[0].close()
     assert 3 == selfguard.stats()["checked"]
+
+
+def test_checked_counts_a_non_blocking_connect_once_however_often_so_error_is_read():
+    """The SO_ERROR read that completes a non-blocking connect checks it; later reads of the connected socket don't."""
+    selfguard.install()
+    with socket.create_server(("127.0.0.1", 0)) as srv, socket.socket() as client:
+        client.setblocking(False)
+        assert errno.EINPROGRESS == client.connect_ex(srv.getsockname())
+        select.select([], [client], [], 5)
+        for _ in range(5):  # what a loop that looks at the socket again does
+            assert 0 == client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        srv.accept()[0].close()
+    assert 1 == selfguard.stats()["checked"]
 
 
 def test_reset_stats_zeroes_every_counter(forced, free_port):

@@ -7,7 +7,9 @@ then too, not only once the first connect has happened.
 
 from __future__ import annotations
 
+import _socket
 import os
+import socket
 import subprocess
 import sys
 
@@ -132,3 +134,55 @@ def test_forcing_self_connects_keeps_an_armed_guard(free_port):
         "print(selfguard.status())\n"
     )
     assert "caught\nactive" == done.stdout.strip(), done.stderr
+
+
+def test_a_bare_method_put_back_on_the_class_is_reported_as_displaced():
+    """The guard on, but socket.socket.connect is a saved bare method again (as pytest-socket does): "displaced"."""
+    selfguard.install()
+    try:
+        socket.socket.connect = _socket.socket.connect  # what pytest-socket saved, put back
+        seen = [(selfguard.status(), selfguard.is_installed())]
+        selfguard.install()  # puts the wrapper back, with the options in force
+        seen.append((selfguard.status(), selfguard.is_installed()))
+    finally:
+        selfguard.uninstall()
+        if vars(socket.socket).get("connect") is _socket.socket.connect:
+            del socket.socket.connect
+    assert [("displaced", False), ("active", True)] == seen
+
+
+def test_reloading_socket_is_reported_as_displaced_and_install_guards_the_new_class(free_port):
+    """importlib.reload(socket) makes a new, bare class: "displaced", until install() guards it (a real self-connect)"""
+    require(can_force_self_connect(), "needs Linux >= 6.3 (IP_LOCAL_PORT_RANGE)")
+    port = free_port()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, socket, selfguard\n"
+            "from selfguard.testing import force_self_connect\n"
+            "selfguard.install()\n"
+            "importlib.reload(socket)\n"
+            "print(selfguard.status(), selfguard.is_installed())\n"
+            "selfguard.install()\n"
+            "print(selfguard.status(), selfguard.is_installed())\n"
+            f"s = socket.socket(); force_self_connect(s, {port})\n"
+            "try:\n"
+            f"    s.connect(('127.0.0.1', {port})); print('UNGUARDED')\n"
+            "except selfguard.SelfConnectError:\n"
+            "    print('caught')\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "displaced False\nactive True\ncaught" == done.stdout.strip(), done.stderr
+
+
+def test_a_stand_in_put_back_after_the_first_connect_still_counts_as_guarded():
+    """Under the sitecustomize, a plugin that saved the stand-in and puts it back leaves the guard active."""
+    done = under_sitecustomize(
+        "import socket, selfguard\n"
+        "saved = socket.socket.connect\n" + FIRST_CONNECT + "socket.socket.connect = saved\n" + STATUS
+    )
+    assert ("active True", "") == (done.stdout.strip(), done.stderr)

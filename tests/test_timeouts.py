@@ -77,3 +77,32 @@ def test_time_in_listeners_counts_against_the_timeout_but_never_becomes_a_timeou
     elapsed = time.monotonic() - started
     assert 2 == caught.value.attempts  # the third attempt had no time left
     assert elapsed < 4 * 0.15 + 0.1  # four events (self_connect, retry, self_connect, gave_up); no third attempt
+
+
+def _timeouts_a_float_round_trip_changes(count: int) -> list[float]:
+    """Timeouts given to the nanosecond for which settimeout(gettimeout()) would not give back the same value."""
+    found: list[float] = []
+    with socket.socket() as probe:
+        for ns in range(16_500_000_001, 16_500_000_001 + 2_000_000, 7):
+            probe.settimeout(ns / 1e9)
+            seen = probe.gettimeout()
+            probe.settimeout(seen)
+            if probe.gettimeout() != seen:
+                found.append(ns / 1e9)
+                if len(found) == count:
+                    break
+    return found
+
+
+def test_after_a_retry_the_timeout_comes_back_to_the_nanosecond(forced, free_port):
+    """Timeouts whose float round trip is off by 1 ns are given back exactly after a retry (and after giving up)."""
+    selfguard.install()
+    timeouts = _timeouts_a_float_round_trip_changes(10)
+    assert 10 == len(timeouts)
+    for timeout in timeouts:
+        port = free_port()
+        sock = forced(port, timeout=timeout)
+        before = sock.gettimeout()
+        assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))  # three attempts, then gave up
+        assert before == sock.gettimeout()
+    assert 2 * len(timeouts) == selfguard.stats()["retries"]

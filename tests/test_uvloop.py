@@ -284,6 +284,48 @@ def test_tls_connections_on_uvloop_are_checked_before_the_handshake():
     assert report["stats"]["self_connects"] >= 1, report
 
 
+COUNTED_FACTORY = r"""
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write(f"{PORT} {PORT}")  # one port: every dial to PORT self-connects, every attempt
+made = []
+
+class Counted(asyncio.Protocol):
+    def __init__(self):
+        made.append(self)
+        self.seen = []  # what each connection_made was given: self-connected or not
+    def connection_made(self, transport):
+        self.seen.append(selfguard.is_self_connected(transport))
+
+async def main():
+    loop = asyncio.get_running_loop()
+    try:
+        transport, protocol = await loop.create_connection(Counted, "127.0.0.1", PORT)
+        outcome = ["handed over", made.index(protocol), protocol.seen]
+        transport.abort()
+    except OSError as exc:
+        outcome = [type(exc).__name__, None, [p.seen for p in made]]
+    return {"factory_calls": len(made), "outcome": outcome, "stats": selfguard.stats()}
+
+if sys.argv[1] != "unguarded":
+    selfguard.install(mode=sys.argv[1])
+print(json.dumps(uvloop.run(main())))
+"""
+
+OUTCOMES = {
+    "unguarded": ["handed over", 0, [True]],
+    "enforce": ["SelfConnectError", None, [[]]],  # the one protocol made never saw a transport
+    "relent": ["handed over", 0, [True]],  # the third attempt's transport, handed to the one protocol made
+}
+
+
+@pytest.mark.parametrize("mode", sorted(OUTCOMES))
+def test_one_create_connection_calls_the_protocol_factory_once(mode):
+    """Three attempts (two retries) under the guard: the user's protocol_factory is called once, as uvloop calls it."""
+    report = run_in_namespace(COUNTED_FACTORY, mode)
+    assert (1, OUTCOMES[mode]) == (report["factory_calls"], report["outcome"]), report
+    assert (0 if mode == "unguarded" else 2) == report["stats"]["retries"], report
+
+
 CALL_FORMS = r"""
 selfguard.install()
 FORMS = {

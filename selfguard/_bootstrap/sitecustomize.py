@@ -32,15 +32,21 @@ if TYPE_CHECKING:
 
 # module -> (class, the methods that connect or bind). uvloop dials in C, so
 # its loop's own methods wait too; they are inherited from its compiled base,
-# as socket.socket's are from _socket.socket.
+# as socket.socket's are from _socket.socket. gevent's socket class connects
+# through a _socket.socket of its own, never through socket.socket's methods.
 _SELFGUARD_DEFERRED = {
     "socket": ("socket", ("connect", "connect_ex", "bind", "sendto", "sendmsg")),
     "uvloop": ("Loop", ("create_connection", "sock_connect")),
+    "gevent._socket3": ("socket", ("connect", "connect_ex", "bind", "sendto", "sendmsg")),
 }
 _selfguard_lock = _thread.RLock()  # guards the list below; always taken last (after selfguard's own lock)
 _selfguard_stand_ins: "list[tuple[type, str]]" = []  # where stand-ins sit
 _selfguard_settled = False  # the first call happened, or install()/uninstall() took over
 _selfguard_importing = False  # whether a first call is importing selfguard right now
+# Threads inside a first call (importing selfguard, installing) right now. A
+# signal handler that sends or connects there re-enters a stand-in on the
+# same thread, with selfguard half imported: that call passes through.
+_selfguard_first_calls: "set[int]" = set()
 
 
 def _selfguard_say(line: str) -> None:
@@ -85,23 +91,43 @@ def _selfguard_guard_is_on() -> bool:
     install to finish; and, later, calls through a stand-in that someone
     kept a reference to or patched over.
     """
-    global _selfguard_importing
     if _selfguard_settled:  # selfguard is imported by now, or could not be (and that was said)
         installer: Any = sys.modules.get("selfguard._install")
         if installer is None:
             return False
-    else:
-        _selfguard_importing = True
-        try:
-            from selfguard import _install as installer
-        except Exception as exc:  # selfguard missing in this interpreter, or broken
-            with _selfguard_lock:
-                if not _selfguard_settled:
-                    _selfguard_report(exc)
-                    selfguard_forget()
-            return False
-        finally:
-            _selfguard_importing = False
+        return _selfguard_install(installer)
+    thread = _thread.get_ident()
+    if thread in _selfguard_first_calls:
+        # Re-entered by a signal handler (a statsd-style UDP heartbeat on
+        # SIGALRM) while this thread imports selfguard or installs it: the
+        # half-imported selfguard cannot guard this call, and taking it for
+        # a broken one would switch the guard off for good. This call goes
+        # on unguarded; the first call still installs the guard.
+        return False
+    _selfguard_first_calls.add(thread)
+    try:
+        return _selfguard_first_call()
+    finally:
+        _selfguard_first_calls.discard(thread)
+
+
+def _selfguard_first_call() -> bool:
+    global _selfguard_importing
+    _selfguard_importing = True
+    try:
+        from selfguard import _install as installer
+    except Exception as exc:  # selfguard missing in this interpreter, or broken
+        with _selfguard_lock:
+            if not _selfguard_settled:
+                _selfguard_report(exc)
+                selfguard_forget()
+        return False
+    finally:
+        _selfguard_importing = False
+    return _selfguard_install(installer)
+
+
+def _selfguard_install(installer: "Any") -> bool:
     try:
         with installer.lock:  # the order of the two locks is always: selfguard's, then ours
             if not _selfguard_settled:
@@ -110,7 +136,10 @@ def _selfguard_guard_is_on() -> bool:
                 except Exception as exc:
                     _selfguard_report(exc)
                 selfguard_forget()  # whatever happened, the stand-ins are done
-            return installer.is_installed() is True
+            # Whether the guard is on, whatever sits on the class now: a call
+            # that comes through a stand-in (kept, or put back) is guarded then.
+            guard_is_on = getattr(installer, "guard_is_on", None)  # an older selfguard has only is_installed()
+            return (guard_is_on() if guard_is_on is not None else installer.is_installed()) is True
     except Exception as exc:  # a selfguard of another version than this file: the connect goes on without it
         with _selfguard_lock:
             if not _selfguard_settled:
@@ -127,6 +156,8 @@ def _selfguard_stand_in(cls: type, name: str) -> object:
     hidden = next(vars(klass)[name] for klass in cls.__mro__[1:] if name in vars(klass))
 
     def stand_in(self: object, *args: object, **kwargs: object) -> object:
+        if self is None:  # socket.socket.sendto(None, ...): the stdlib's TypeError, which names NoneType
+            return hidden(self, *args, **kwargs)
         method = hidden
         if _selfguard_guard_is_on():
             try:
@@ -138,7 +169,11 @@ def _selfguard_stand_in(cls: type, name: str) -> object:
         return method.__get__(self, type(self))(*args, **kwargs)
 
     stand_in._selfguard_deferred = True  # type: ignore[attr-defined]
-    stand_in.__name__ = stand_in.__qualname__ = name
+    stand_in.__name__ = name
+    # Where it is found, so that pickle finds it there, as it finds the stdlib's method.
+    stand_in.__module__, stand_in.__qualname__ = cls.__module__, f"{cls.__qualname__}.{name}"
+    stand_in.__doc__ = hidden.__doc__  # help(socket.socket.connect) reads as without the guard
+    stand_in.__wrapped__ = hidden  # type: ignore[attr-defined]  # so inspect.signature() answers as for the method
     return stand_in
 
 
@@ -158,6 +193,8 @@ def _selfguard_after_fork_in_child() -> None:
     global _selfguard_lock
     # A fork while another thread held the lock would leave it held for good.
     _selfguard_lock = _thread.RLock()
+    # Only this thread went on into the child; another's id may come back on a new thread.
+    _selfguard_first_calls.intersection_update((_thread.get_ident(),))
     if _selfguard_importing:
         # Forked while another thread was importing selfguard and wrapt: the
         # child inherits their module import locks, held by a thread it does
@@ -193,16 +230,68 @@ class _SelfguardAfterSocket:
                 find_spec = getattr(finder, "find_spec", None)
                 spec = find_spec(name, path, target) if find_spec else None
                 if spec is not None:
-                    if getattr(spec, "loader", None) is not None and hasattr(spec.loader, "exec_module"):
-                        spec.loader = _SelfguardThenDefer(spec.loader, self)
+                    loader = getattr(spec, "loader", None)
+                    hookable = loader is not None and hasattr(loader, "exec_module")
+                    if hookable and not _selfguard_hook(loader, name, self):
+                        spec.loader = _SelfguardThenDefer(loader, self)  # a loader that takes no attribute
                     return spec
         finally:
             self._busy.discard(thread)
         return None
 
 
+def _selfguard_after_exec(module: object, finder: object) -> None:
+    # Only now, the module really imported, is the finder done with it (a
+    # mere importlib.util.find_spec() probe must not retire it).
+    if all(name in sys.modules for name in _SELFGUARD_DEFERRED) and finder in sys.meta_path:
+        sys.meta_path.remove(finder)
+    try:
+        _selfguard_defer_in(module)
+    except Exception as exc:
+        _selfguard_report(exc)
+
+
+def _selfguard_hook(loader: object, name: str, finder: object) -> bool:
+    """Have *loader* put the stand-ins on once it has executed module *name*; tell whether it could.
+
+    The spec and its loader stay what the import system made -- tools read
+    source through them (importlib.util.find_spec("socket").loader.get_source,
+    jedi) -- so the hook is an exec_module on the loader instance (the path
+    finders make one per spec), which takes itself off once the module ran.
+    A loader that is a class (frozen modules) or takes no attribute gets
+    wrapped instead.
+    """
+    if isinstance(loader, type):
+        return False
+    try:
+        theirs = vars(loader).get("exec_module")
+    except TypeError:  # no __dict__
+        return False
+    real = loader.exec_module  # type: ignore[attr-defined]
+
+    def exec_module(module: object) -> None:
+        if getattr(module, "__name__", None) != name:  # a loader shared by several modules (zipimport)
+            real(module)
+            return
+        try:
+            real(module)
+        finally:
+            if vars(loader).get("exec_module") is exec_module:
+                if theirs is None:
+                    del loader.exec_module  # type: ignore[attr-defined]
+                else:
+                    loader.exec_module = theirs  # type: ignore[attr-defined]
+        _selfguard_after_exec(module, finder)
+
+    try:
+        loader.exec_module = exec_module  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # __slots__, a read-only attribute
+        return False
+    return True
+
+
 class _SelfguardThenDefer:
-    """Loads socket (or uvloop) with the real loader, then puts the stand-ins on its class."""
+    """Loads socket (or uvloop) with a loader _selfguard_hook could not hook, then puts the stand-ins on its class."""
 
     def __init__(self, loader: object, finder: object) -> None:
         self._loader = loader
@@ -213,14 +302,7 @@ class _SelfguardThenDefer:
 
     def exec_module(self, module: object) -> None:
         self._loader.exec_module(module)  # type: ignore[attr-defined]
-        # Only now, the module really imported, is the finder done with it (a
-        # mere importlib.util.find_spec() probe must not retire it).
-        if all(name in sys.modules for name in _SELFGUARD_DEFERRED) and self._finder in sys.meta_path:
-            sys.meta_path.remove(self._finder)
-        try:
-            _selfguard_defer_in(module)
-        except Exception as exc:
-            _selfguard_report(exc)
+        _selfguard_after_exec(module, self._finder)
 
     def __getattr__(self, name: str) -> object:  # get_source() and friends, for tracebacks and inspect
         return getattr(self._loader, name)
