@@ -21,7 +21,7 @@ exit statuses.
 
 exit status (every command but run, which passes CMD's own on):
   0  done: nothing at risk, or shown
-  {EXIT_FOUND}  found: a port at risk (doctor), not shown (repro)
+  {EXIT_FOUND}  found: a port at risk (doctor), not shown (repro), not deployed (sitecustomize status)
   {EXIT_USAGE}  usage error: a bad command line
   {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write a sysctl"""
 
@@ -43,7 +43,7 @@ def _with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str], 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import _doctor, _repro, _run
+    from . import _deploy, _doctor, _repro, _run
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"selfguard {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=CommandParser)
-    for command in (_repro, _doctor, _run):
+    for command in (_repro, _doctor, _run, _deploy):
         command.register(commands)
     args = parser.parse_args(
         _with_default_command(parser, sys.argv[1:] if argv is None else argv, list(commands.choices))

@@ -29,6 +29,7 @@ _monotonic = time.monotonic
 _ceil, _nextafter = math.ceil, math.nextafter
 _SOCK_STREAM = int(socket.SOCK_STREAM)
 _EADDRNOTAVAIL = errno.EADDRNOTAVAIL
+_EINPROGRESS = errno.EINPROGRESS
 # A retry is a local, immediate connect (~20-60 us on loopback). With less of
 # the caller's timeout left than this, no retry is made: the caller is told
 # what the last attempt found (EADDRNOTAVAIL as it was, or ECONNREFUSED for a
@@ -109,8 +110,12 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
                 local = self_connected(instance, port)
                 if local is None:
                     return 0
+                if instance in state.pending:
+                    return connected_without_blocking(instance, port, address, api, 0)
                 return _retry(wrapped, instance, address, port, api, timeout, local)
             if code != _EADDRNOTAVAIL:
+                if code == _EINPROGRESS:
+                    _started(instance)
                 return code
             return _retry(wrapped, instance, address, port, api, timeout, code)
 
@@ -118,12 +123,16 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
             wrapped(address)
         except OSError as exc:
             if exc.errno != _EADDRNOTAVAIL:
+                if exc.errno == _EINPROGRESS:
+                    _started(instance)
                 raise
             found: Union[tuple[Any, ...], OSError] = exc
         else:
             local = self_connected(instance, port)
             if local is None:
                 return None
+            if instance in state.pending:
+                return connected_without_blocking(instance, port, address, api, None)
             found = local
         # Outside the except block, so a later attempt's exception is not
         # chained to the first one: callers see it as the stdlib raised it.
@@ -185,6 +194,8 @@ def _retry(
                     return 0
                 found = local
             elif _errno(found) != _EADDRNOTAVAIL:
+                if _errno(found) == _EINPROGRESS:
+                    _started(sock)
                 return _fail(found)
     finally:
         if timeout is not None and attempt > 1:
@@ -223,6 +234,18 @@ def _attempt(wrapped: Callable[..., Any], address: Any, api: str) -> Union[int, 
     except OSError as exc:
         return exc
     return 0
+
+
+def _started(sock: Any) -> None:
+    """A connect under a blocking timeout answered EINPROGRESS: the fd itself is non-blocking.
+
+    os.set_blocking(), fcntl(O_NONBLOCK) or socket.socket(fileno=) of a
+    non-blocking fd leave gettimeout() at None while the kernel treats the
+    socket as non-blocking. Its outcome comes later, from SO_ERROR or a
+    connect again, and is checked there as any non-blocking connect's.
+    """
+    if not state.delegated.get():
+        state.pending.add(sock)
 
 
 def _errno(error: Union[int, OSError]) -> Optional[int]:

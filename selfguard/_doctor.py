@@ -228,9 +228,10 @@ def render(report: dict[str, Any], stale: bool = False) -> str:
     if quiet:
         lines.append(f"  ({count(quiet)} other listening port(s) lie outside the ephemeral range: safe)")
     lines += _render_stale(report, stale)
-    for pid, active in report.get("native_guard", {}).items():
-        state = "active" if active else "not active (not preloaded, SELFGUARD=0, or no such process)"
-        lines.append(f"Native guard in process {pid}: {state}")
+    if report.get("processes"):
+        from ._process import describe
+
+        lines += [describe(found) for found in report["processes"]]
     if "apply" in report:
         lines += ["", *render_apply(report["apply"], SYSCTL_FILE)]
     elif risky:
@@ -352,7 +353,10 @@ def register(commands: Commands) -> None:
         action="append",
         default=[],
         metavar="PID",
-        help="also tell whether the native guard (selfguard run --native) is active in process PID (repeatable)",
+        help=(
+            "also tell whether process PID is guarded, and by which guard (the Python guard, the native guard of "
+            "selfguard run --native), or that there is no such process (repeatable)"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     parser.add_argument("--apply", action="store_true", help=f"reserve the ports proposed in {SYSCTL} (root)")
@@ -400,9 +404,11 @@ def run(args: argparse.Namespace) -> int:
         record = recorded_ports(args.persist) if args.persist is not None else None
         report = examine(args.port, only=args.only, exclude=args.exclude, min_age=args.min_age, record=record)
         if args.pid:
-            from . import _native
+            from . import _process
 
-            report["native_guard"] = {str(pid): _native.active_in(pid) for pid in args.pid}
+            report["processes"] = [_process.examine(pid) for pid in args.pid]
+            # Kept for scripts written before "processes": whether the native guard is active.
+            report["native_guard"] = {str(found["pid"]): bool(found["native"]) for found in report["processes"]}
     except (OSError, ValueError) as exc:
         # A /proc this process may not read.
         raise CannotRun(f"cannot examine this host: {exc}") from exc

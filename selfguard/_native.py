@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing import Any, Mapping, Optional
 
 LIBRARY_NAME = "libselfguard_preload.so"
+NOT_BUILT = "not-built.txt"  # setup.py leaves the reason there when the library could not be built
 LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_preload", LIBRARY_NAME)
 MODES = ("enforce", "relent", "observe")  # the library's mode numbers, in order
 
@@ -48,22 +49,29 @@ class Unavailable(Exception):
 
 
 def missing_reason() -> str:
-    """Why the library is not there, and what to do about it."""
+    """Why the library is not there, and what to do about it, from where selfguard was installed."""
     import shutil
 
-    reinstall = "pip install --force-reinstall --no-deps selfguard"
-    said = f"the native guard was not built when selfguard was installed ({LIBRARY} is missing)"
+    from . import _origin
+
+    found = _origin.origin()
+    said = f"the native guard is not in this selfguard ({LIBRARY} is missing; installed {found.describe()})"
+    try:  # what the build said when it failed (setup.py leaves it there)
+        with open(os.path.join(os.path.dirname(LIBRARY), NOT_BUILT)) as f:
+            said += f"; its build failed: {f.read().strip()}"
+    except OSError:
+        pass
+    reinstall = _origin.reinstall_command(found)
     candidates = [os.environ.get("CC", "").split(" ")[0], "cc", "gcc", "clang"]
-    found = next((path for path in map(shutil.which, filter(None, candidates)) if path), None)
-    if found is None:
+    compiler = next((path for path in map(shutil.which, filter(None, candidates)) if path), None)
+    if found.kind == "archive" and found.where.endswith(".whl"):
+        return f"{said}. To get it, {reinstall}"  # a wheel installs as it was built
+    if compiler is None:
         return (
-            f"{said}: no C compiler was found (cc, gcc or clang). Install one (Debian, Ubuntu: apt-get install "
-            f"gcc; Alpine: apk add gcc musl-dev; RHEL: dnf install gcc), then reinstall selfguard: {reinstall}"
+            f"{said}. No C compiler is here (cc, gcc or clang): install one (Debian, Ubuntu: apt-get install gcc; "
+            f"Alpine: apk add gcc musl-dev; RHEL: dnf install gcc), then rebuild it: {reinstall}"
         )
-    return (
-        f"{said}. A C compiler is here now ({found}): reinstall selfguard to build it ({reinstall} -v "
-        "shows the build's messages)"
-    )
+    return f"{said}. A C compiler is here now ({compiler}): rebuild it with {reinstall} (-v shows the build)"
 
 
 def library_path() -> str:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # turn, runs any sitecustomize it hides).
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
 
-USAGE = "selfguard run [-h] [--native] [--strict] [--] CMD [ARGS...]"
+USAGE = "selfguard run [-h] [--native | --require-native] [--strict] [--] CMD [ARGS...]"
 WRITE_IT = "selfguard run -- CMD [ARGS...]"
 
 DESCRIPTION = f"""\
@@ -34,7 +34,8 @@ with '-'.
 exit status:
   CMD's own
   {EXIT_USAGE}    usage error: no CMD, or an option before it (`selfguard run -x`)
-  {EXIT_CANNOT_RUN}    --native, but the native guard is not built here (says what is missing)
+  {EXIT_CANNOT_RUN}    --require-native (or --native --strict), but the native guard cannot be used
+       here (says what is missing; plain --native warns and runs CMD without it)
   126  CMD cannot be executed
   127  CMD not found (looked up on PATH)"""
 
@@ -63,12 +64,21 @@ def register(commands: Commands) -> None:
         ),
     )
     parser.add_argument(
+        "--require-native",
+        action="store_true",
+        help=(
+            "like --native, but where the native guard cannot be used (not built in this installation), refuse to "
+            f"run CMD (exit {EXIT_CANNOT_RUN}); plain --native warns on stderr and runs CMD without it, guarded by the "
+            "Python guard only"
+        ),
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help=(
             "refuse to run unguarded: a Python interpreter of CMD's tree that lacks selfguard (or is older than "
             "3.9) exits with status 3 before running anything, instead of running unguarded with a warning "
-            "(sets SELFGUARD_REQUIRE=1)"
+            "(sets SELFGUARD_REQUIRE=1); with --native, a missing native guard refuses too (as --require-native)"
         ),
     )
     parser.add_argument(
@@ -79,7 +89,12 @@ def register(commands: Commands) -> None:
         command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not command:
             parser.error(f"nothing to run: {WRITE_IT}")
-        return run(command, native=args.native, strict=args.strict)
+        return run(
+            command,
+            native=args.native or args.require_native,
+            strict=args.strict,
+            require_native=args.require_native,
+        )
 
     parser.set_defaults(func=handle)
 
@@ -94,8 +109,14 @@ def environment(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run(command: list[str], native: bool = False, strict: bool = False) -> int:
-    """Replace this process with the command: its exit status, signals and stdio are the command's own."""
+def run(command: list[str], native: bool = False, strict: bool = False, require_native: bool = False) -> int:
+    """Replace this process with the command: its exit status, signals and stdio are the command's own.
+
+    Without the native guard, --native fails open as the rest of selfguard does: a
+    service must not stay down because a guard is missing. It says so loudly, and
+    --require-native or --strict (for whoever would rather not start unguarded)
+    refuses instead.
+    """
     env = environment(dict(os.environ))
     if strict:
         env["SELFGUARD_REQUIRE"] = "1"  # read by the sitecustomize of every Python interpreter below
@@ -103,8 +124,15 @@ def run(command: list[str], native: bool = False, strict: bool = False) -> int:
         try:
             env = _native.environment(env)
         except _native.Unavailable as exc:
-            print(f"selfguard run: --native: {exc}", file=sys.stderr)
-            return EXIT_CANNOT_RUN
+            if require_native or strict:
+                flag = "--require-native" if require_native else "--strict"
+                print(f"selfguard run: {flag}: not running {command[0]}: {exc}", file=sys.stderr)
+                return EXIT_CANNOT_RUN
+            print(
+                f"selfguard run: WARNING: --native: running {command[0]} WITHOUT the native guard: connects made in C "
+                f"are not guarded (Python's are). {exc}. (--require-native refuses to run instead.)",
+                file=sys.stderr,
+            )
     sys.stdout.flush()
     try:
         os.execvpe(command[0], command, env)

@@ -14,7 +14,7 @@ import errno
 import time
 import weakref
 
-from . import _events
+from . import _events, _marker
 from ._kernel import netns_cookie, read_ephemeral_range, thread_netns_cookie
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -141,8 +141,15 @@ state = _State()
 
 
 def set_options(options: Optional[Options]) -> None:
-    """Put *options* in force (None: the guard is off). Called by install() and uninstall() only."""
+    """Put *options* in force (None: the guard is off). Called by install() and uninstall() only.
+
+    Other processes see the change too (`selfguard doctor --pid`): see _marker.
+    """
     state.options = options
+    if options is None:
+        _marker.unmark()
+    else:
+        _marker.mark(options.mode)
 
 
 def in_range(port: int, sock: Any = None) -> bool:

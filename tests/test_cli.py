@@ -58,6 +58,7 @@ def test_the_top_level_help_describes_every_command():
         ("repro", "show a real self-connect on this machine"),
         ("doctor", "find the server ports of this host"),
         ("run", "run a command with the guard active"),
+        ("sitecustomize", "deploy the guard's sitecustomize into an interpreter"),
     ]:
         assert f"{command} {words}" in text
     assert "With no command, or with only repro's options (`selfguard --json`), runs `selfguard repro`." in text
@@ -65,7 +66,7 @@ def test_the_top_level_help_describes_every_command():
         assert any(line.startswith(status) for line in lines), status
 
 
-@pytest.mark.parametrize("command", ["repro", "doctor"])
+@pytest.mark.parametrize("command", ["repro", "doctor", "sitecustomize"])
 def test_each_command_help_tells_its_exit_statuses(command):
     """`selfguard COMMAND --help` lists 0, 1, 2 and 3 with their meaning for that command."""
     done = cli(command, "--help")

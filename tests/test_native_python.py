@@ -196,13 +196,32 @@ def test_selfguard_run_native_preloads_it_for_the_whole_tree():
     assert (f"{library}:libm.so.6\n", 0) == (done.stdout, done.returncode), done.stderr
 
 
-def test_without_the_library_native_says_what_is_missing(monkeypatch, capsys):
-    """Exit 3 and one line: the library was not built, and why (no compiler, or reinstall)."""
+def test_without_the_library_native_warns_and_runs_the_command(monkeypatch, capsys):
+    """--native fails open: one loud line (what is missing, how to get it), then CMD runs, unguarded in C."""
     monkeypatch.setattr(_native, "LIBRARY", "/nonexistent/selfguard/libselfguard_preload.so")
-    assert 3 == _run.run(["true"], native=True)
+    done = subprocess.run(
+        [sys.executable, "-c", SHOW_MISSING, "--native", "--", "sh", "-c", "echo ran; exit 7"],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ("ran\n", 7) == (done.stdout, done.returncode), done.stderr
+    assert done.stderr.startswith("selfguard run: WARNING: --native: running sh WITHOUT the native guard")
+    assert "the native guard is not in this selfguard (/nonexistent/selfguard/libselfguard_preload.so is missing" in (
+        done.stderr
+    )
+    assert "-m pip install" in done.stderr
+    assert 1 == len(done.stderr.splitlines())
+
+
+def test_without_the_library_require_native_refuses(monkeypatch, capsys):
+    """--require-native: exit 3 and one line, CMD never runs."""
+    monkeypatch.setattr(_native, "LIBRARY", "/nonexistent/selfguard/libselfguard_preload.so")
+    assert 3 == _run.run(["true"], native=True, require_native=True)
     error = capsys.readouterr().err
-    assert error.startswith("selfguard run: --native: the native guard was not built when selfguard was installed")
-    assert "no C compiler was found" in error or "reinstall selfguard" in error
+    assert error.startswith("selfguard run: --require-native: not running true: the native guard is not in")
+    assert "No C compiler is here" in error or "rebuild it with" in error
     assert 1 == len(error.splitlines())
 
 
@@ -211,7 +230,16 @@ def test_without_a_compiler_the_reason_says_to_install_one(monkeypatch):
     monkeypatch.setattr(_native, "LIBRARY", "/nonexistent/libselfguard_preload.so")
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("CC", raising=False)
-    assert "no C compiler was found (cc, gcc or clang). Install one" in _native.missing_reason()
+    assert "No C compiler is here (cc, gcc or clang): install one" in _native.missing_reason()
+
+
+# `selfguard run` with the library's path pointed somewhere it is not.
+SHOW_MISSING = (
+    "import sys\n"
+    "from selfguard import _native, __main__\n"
+    "_native.LIBRARY = '/nonexistent/selfguard/libselfguard_preload.so'\n"
+    "sys.exit(__main__.main(['run', *sys.argv[1:]]))"
+)
 
 
 def test_counters_are_none_where_the_library_is_not_loaded():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 
@@ -139,3 +140,49 @@ def test_a_non_blocking_connect_completed_by_connecting_again_gets_the_truth(for
         assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))
     assert not selfguard.is_self_connected(sock)
     assert (1, 1) == (selfguard.stats()["self_connects"], selfguard.stats()["gave_up"])
+
+
+def _fd_non_blocking(forced, port: int, how: str) -> socket.socket:
+    """A socket the kernel treats as non-blocking while gettimeout() says None (blocking)."""
+    sock = forced(port, timeout=None)
+    os.set_blocking(sock.fileno(), False)
+    if how == "os.set_blocking":
+        return sock
+    # A non-blocking fd handed over by C code or through SCM_RIGHTS.
+    return socket.socket(fileno=os.dup(sock.fileno()))
+
+
+@pytest.mark.parametrize("how", ["os.set_blocking", "socket(fileno=)"])
+def test_an_fd_made_non_blocking_below_python_gets_the_truth_at_so_error(forced, free_port, how):
+    """gettimeout() None, O_NONBLOCK on the fd: the connect answers EINPROGRESS and SO_ERROR is checked."""
+    selfguard.install()
+    port = free_port()
+    sock = _fd_non_blocking(forced, port, how)
+    assert sock.gettimeout() is None
+    try:
+        assert errno.ECONNREFUSED == complete_like_an_event_loop(sock, ("127.0.0.1", port))
+        assert not selfguard.is_self_connected(sock)
+        assert can_bind(port)
+    finally:
+        close_rst(sock)
+    assert (1, 1) == (selfguard.stats()["self_connects"], selfguard.stats()["gave_up"])
+
+
+@pytest.mark.parametrize("api", ["connect", "connect_ex"])
+def test_an_fd_made_non_blocking_below_python_completed_by_connecting_again_ends(forced, free_port, api):
+    """Connecting again until it completes ends with the truth, as it does unguarded (no retry that restarts it)."""
+    selfguard.install()
+    port = free_port()
+    sock = _fd_non_blocking(forced, port, "os.set_blocking")
+    try:
+        assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
+        select.select([], [sock], [], 5)
+        if api == "connect":
+            with pytest.raises(selfguard.SelfConnectError):
+                sock.connect(("127.0.0.1", port))
+        else:
+            assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))
+        assert not selfguard.is_self_connected(sock)
+    finally:
+        close_rst(sock)
+    assert (1, 1, 0) == tuple(selfguard.stats()[k] for k in ("self_connects", "gave_up", "retries"))

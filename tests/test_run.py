@@ -67,7 +67,7 @@ def test_nothing_to_run_is_a_usage_error(args):
     done = selfguard_run(*args)
     assert (2, "") == (done.returncode, done.stdout)
     usage, error = done.stderr.splitlines()
-    assert "usage: selfguard run [-h] [--native] [--strict] [--] CMD [ARGS...]" == usage
+    assert "usage: selfguard run [-h] [--native | --require-native] [--strict] [--] CMD [ARGS...]" == usage
     assert "selfguard run: error: nothing to run: selfguard run -- CMD [ARGS...]" == error
 
 
@@ -77,7 +77,7 @@ def test_an_option_before_the_command_is_a_usage_error_of_run(option):
     done = selfguard_run(*option.split())
     assert (2, "") == (done.returncode, done.stdout)
     usage, error = done.stderr.splitlines()
-    assert "usage: selfguard run [-h] [--native] [--strict] [--] CMD [ARGS...]" == usage
+    assert "usage: selfguard run [-h] [--native | --require-native] [--strict] [--] CMD [ARGS...]" == usage
     first = option.split()[0]
     assert f"selfguard run: error: selfguard run has no option {first}; to run a command, write: " in error
     assert error.endswith("selfguard run -- CMD [ARGS...]")
@@ -110,7 +110,8 @@ def test_run_help_tells_the_exit_statuses():
     """`selfguard run --help` is run's help, with CMD's status, 2, 126 and 127."""
     done = selfguard_run("--help")
     assert 0 == done.returncode
-    assert done.stdout.startswith("usage: selfguard run [-h] [--native] [--strict] [--] CMD [ARGS...]")
+    usage = "usage: selfguard run [-h] [--native | --require-native] [--strict] [--] CMD [ARGS...]"
+    assert done.stdout.startswith(usage)
     for status in ("CMD's own", "2    usage error", "126  CMD cannot be executed", "127  CMD not found"):
         assert status in done.stdout
 

@@ -61,6 +61,23 @@ def _selfguard_report(exc: BaseException) -> None:
     _selfguard_say(f"selfguard: not active in this process: {type(exc).__name__}: {exc}\n")
 
 
+def _selfguard_uninstalled(exc: BaseException) -> bool:
+    """Is selfguard itself gone (pip uninstall) while this deployed copy stayed, and nobody asked for the guard?
+
+    Then every process would print a line at its first connect about a package the
+    operator removed on purpose: it stays quiet. SELFGUARD=1 (true, on, yes) says the
+    guard is wanted here, and then its absence is reported. Always reported: a
+    selfguard there but broken (wrapt missing, say), and the copy inside selfguard's
+    own package (`selfguard run`), which exists, so this interpreter is the wrong one.
+    """
+    if not (isinstance(exc, ModuleNotFoundError) and exc.name == "selfguard"):
+        return False
+    if os.path.basename(os.path.dirname(os.path.abspath(__file__))) == "_bootstrap":
+        return False
+    wanted = os.environ.get("SELFGUARD", "").strip(" \t\n\r\f\v\x1c\x1d\x1e\x1f").lower()
+    return wanted not in ("1", "true", "on", "yes")
+
+
 def _selfguard_is_stand_in(attribute: object) -> bool:
     # type(), not getattr() alone: a wrapt proxy someone put around a stand-in
     # answers for the stand-in's attributes, and it is theirs, not ours.
@@ -119,7 +136,8 @@ def _selfguard_first_call() -> bool:
     except Exception as exc:  # selfguard missing in this interpreter, or broken
         with _selfguard_lock:
             if not _selfguard_settled:
-                _selfguard_report(exc)
+                if not _selfguard_uninstalled(exc):
+                    _selfguard_report(exc)
                 selfguard_forget()
         return False
     finally:
