@@ -23,7 +23,8 @@ exit status (every command but run, which passes CMD's own on):
   0  done: nothing at risk, or shown
   {EXIT_FOUND}  found: a port at risk (doctor), not shown (repro), not deployed (sitecustomize status)
   {EXIT_USAGE}  usage error: a bad command line
-  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write a sysctl"""
+  {EXIT_CANNOT_RUN}  could not run: not Linux, /proc unreadable, no right to write a sysctl,
+     not root or no tracefs (watch)"""
 
 
 def _with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -43,7 +44,7 @@ def _with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str], 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import _deploy, _doctor, _repro, _run
+    from . import _deploy, _doctor, _repro, _run, _watch
     from ._version import __version__
 
     parser = argparse.ArgumentParser(
@@ -56,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"selfguard {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=CommandParser)
-    for command in (_repro, _doctor, _run, _deploy):
+    for command in (_repro, _doctor, _run, _deploy, _watch):
         command.register(commands)
     args = parser.parse_args(
         _with_default_command(parser, sys.argv[1:] if argv is None else argv, list(commands.choices))

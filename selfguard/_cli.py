@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FOUND = 1  # doctor: some port at risk; repro: not shown
 EXIT_USAGE = 2  # argparse's own status for a bad command line
-EXIT_CANNOT_RUN = 3  # not Linux, /proc unreadable, no right to write a sysctl
+EXIT_CANNOT_RUN = 3  # not Linux, /proc unreadable, no right to write a sysctl, no tracefs
 
 # Tokens that belong to the top-level parser itself; anything else starting
 # with "-" is an option of the default command.
