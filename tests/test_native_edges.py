@@ -145,7 +145,7 @@ def test_a_huge_sndtimeo_still_allows_the_retries():
 RANGE_READ_FAILS = r"""
 import json, os, resource, socket, time
 from selfguard import _native
-from selfguard._ports import free_port
+from selfguard._commands.ports import free_port
 server = socket.create_server(("127.0.0.1", free_port(20000, 30000)))  # outside the ephemeral range
 first, second = socket.socket(), socket.socket()
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -230,7 +230,7 @@ def test_an_unwritable_report_path_says_so_with_the_counters(tmp_path: Path):
 OUT_OF_RANGE_SO_ERROR = r"""
 import json, socket
 from selfguard import _native
-from selfguard._ports import free_port
+from selfguard._commands.ports import free_port
 server = socket.create_server(("127.0.0.1", free_port(20000, 30000)))  # as Redis's 6379: outside the range
 for _ in range(5):
     s = socket.socket()

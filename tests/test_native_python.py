@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from selfguard import _config, _native, _run
+from selfguard import _config, _native
+from selfguard._commands import run as _run
 
 from helpers import clean_environ, require_forcing
 from native_helpers import require_library

@@ -9,9 +9,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from ._cli import CannotRun
-from ._kernel import parse_port_list, read_sysctl_text, write_port_list
-from ._ports import covers, format_port_list, without
+from .._kernel import parse_port_list, read_sysctl_text, write_port_list
+from .cli import CannotRun
+from .ports import covers, format_port_list, without
 
 SYSCTL = "net.ipv4.ip_local_reserved_ports"
 RESERVED_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
