@@ -53,7 +53,7 @@ import time
 
 import wrapt
 
-from selfguard._run import BOOTSTRAP
+from selfguard._commands.run import BOOTSTRAP
 
 TARGET_OWN_FIRST_CONNECT_MS = 3.0
 # Timed from inside: each prints the seconds its steps took. Port 1 refuses at once.

@@ -191,6 +191,10 @@ def _warn_once(variable: str, raw: str, problem: str, using: str) -> None:
     if (variable, raw) in _warned:
         return
     _warned.add((variable, raw))
+    from . import _native
+
+    if _native.said_by_the_native_guard(variable):
+        return  # one mistake, one warning, in a process with both guards
     message = f"Invalid value {_shorten(raw)} for {variable} environment variable: {problem}; using {using}"
     try:
         # Attributed to the environment, not to a line of code: the fix is in

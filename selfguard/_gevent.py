@@ -1,7 +1,7 @@
 """gevent: guard the socket class gevent's monkey-patching puts in place, whichever came first.
 
 gevent's socket class is wrapped as soon as gevent._socket3 is imported,
-monkey-patched or not (_loops.watch(), and the sitecustomize's stand-ins):
+monkey-patched or not (_install.watch_loops(), and the sitecustomize's stand-ins):
 that covers socket.socket after patch_all() too. This plugin is the second
 path, kept for a gevent whose patched class is not that one, and because
 installs made before may still name it in their entry points.

@@ -100,7 +100,7 @@ def activate(options: _config.Options) -> None:
         # After the options, so the stand-ins' waiting callers go through the guard.
         for name, wrapper in _WRAPPERS.items():
             wrap(cls, name, wrapper)
-        _loops.watch()  # uvloop's stand-ins too, if it is imported
+        watch_loops()  # uvloop's stand-ins too, if it is imported
         _forget_stand_ins()  # the sitecustomize is done; stand-ins left on other classes go
 
 
@@ -206,6 +206,49 @@ def guard_for(original: Any, name: str) -> Any:
         guard = _guards_for[key] = _MethodWrapper(original, wrapper_for(name))
         guard._self_before = _ABSENT  # never on a class, but every one of ours knows what it hid
     return guard
+
+
+# module -> (the class in it that connects, its methods to wrap). uvloop.Loop is
+# a Python subclass of its compiled loop, so its methods can be wrapped like
+# asyncio's; its sock_connect calls the Python socket's connect() and
+# getsockopt(), so the same wrapper retries there, while create_connection
+# connects in libuv and needs a wrapper of its own (_uvloop). gevent's socket
+# class (gevent.socket.socket, used directly by geventhttpclient and other
+# gevent-native clients, and socket.socket itself once monkey-patched) holds a
+# _socket.socket and connects through it, out of socket.socket's wrappers'
+# sight: it gets the same wrappers as socket.socket, with or without monkey-patching.
+_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "asyncio.selector_events": ("BaseSelectorEventLoop", ("sock_connect",)),
+    "uvloop": ("Loop", ("sock_connect", "create_connection")),
+    "gevent._socket3": ("socket", ("connect", "connect_ex", "getsockopt", "bind", "sendto", "sendmsg")),
+}
+_hooked: set[str] = set()
+
+
+def watch_loops() -> None:
+    """Patch each event loop now if its module is imported, else as soon as it is.
+
+    install() must not import asyncio, uvloop or gevent itself: that would
+    cost ~30 ms in every process that never uses them (and a sitecustomize
+    runs in all of them).
+    """
+    for name in _TARGETS:
+        module = sys.modules.get(name)
+        if module is not None:
+            _patch(module)
+        elif name not in _hooked:
+            _hooked.add(name)  # wrapt offers no way to unregister; the hook checks the state
+            wrapt.register_post_import_hook(_patch, name)
+
+
+def _patch(module: Any) -> None:
+    class_name, methods = _TARGETS[module.__name__]
+    cls = getattr(module, class_name, None)
+    with lock:
+        if _state.state.options is None or cls is None:
+            return
+        for method in methods:
+            wrap(cls, method, wrapper_for(method))
 
 
 def wrapper_for(name: str) -> Callable[..., Any]:

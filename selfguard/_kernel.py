@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _socket
+import errno
 import os
 import socket
 
@@ -79,15 +80,67 @@ def parse_port_list(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
+# The kernel hands a sysctl's text over in one read: a read at a non-zero offset
+# returns end-of-file, so a reader that reads in pieces (Python's f.read() asks
+# 8 KiB at a time) gets a long port list cut short, maybe in the middle of a
+# port. One read of 1 MiB holds any port list (every other port of 1-65535
+# written out is about 190 KB); the kernel refuses a 4 MiB read with ENOMEM.
+_SYSCTL_READ_SIZE = 1 << 20
+
+
+def read_sysctl_text(path: str) -> str:
+    """The whole text of a /proc/sys file, in one read; raises OSError, or ValueError if it cannot be whole."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _SYSCTL_READ_SIZE)
+    finally:
+        os.close(fd)
+    if len(data) >= _SYSCTL_READ_SIZE:
+        raise ValueError(f"{path} holds more than {_SYSCTL_READ_SIZE} bytes")
+    return data.decode("ascii")
+
+
+def write_port_list(fd: int, text: str, restore: Optional[str] = None) -> None:
+    """Write the port list *text* ("8080,9000-9010") whole to a port-list sysctl opened as *fd*.
+
+    The kernel takes at most 4095 bytes a write, and only up to the last whole
+    item: a write at offset 0 replaces the set with what it parsed, and writes at
+    a later offset add to it. So the rest is written at the offset the last
+    write reached, until all of it is taken. The newline makes an empty list
+    clear the set (an empty write changes nothing). When the kernel refuses a
+    piece after the first replaced the set, *restore* (the list as it was) is
+    written back before the error is raised: a half-written list would drop
+    reservations.
+    """
+    try:
+        _write_whole(fd, text)
+    except OSError:
+        if restore is not None:
+            try:
+                _write_whole(fd, restore)
+            except OSError:
+                pass  # the first error is the one to report
+        raise
+
+
+def _write_whole(fd: int, text: str) -> None:
+    data = (text + "\n").encode("ascii")
+    done = 0
+    while done < len(data):  # bounded: every pass takes at least one byte
+        taken = os.pwrite(fd, data[done:], done)
+        if taken <= 0:
+            raise OSError(errno.EIO, f"the kernel took {done} of {len(data)} bytes of the port list")
+        done += taken
+
+
 def read_reserved_ports(path: Optional[str] = None) -> list[tuple[int, int]]:
     """Return net.ipv4.ip_local_reserved_ports as (low, high) ranges: ports the kernel never picks.
 
     An unreadable file (not Linux) counts as no reserved ports.
     """
     try:
-        with open(path or RESERVED_FILE) as f:
-            return parse_port_list(f.read())
-    except OSError:
+        return parse_port_list(read_sysctl_text(path or RESERVED_FILE))
+    except (OSError, ValueError):
         return []
 
 

@@ -1,11 +1,8 @@
-"""Event loops: guard asyncio's, uvloop's and gevent's connects, each patched when its module is imported."""
+"""Event loops: the wrappers of asyncio's and uvloop's connects (put on by _install when their module is imported)."""
 
 from __future__ import annotations
 
 import errno
-import sys
-
-import wrapt
 
 from ._detect import port_of, self_connected
 from ._errors import SelfConnectError
@@ -19,49 +16,6 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 API = "loop.sock_connect"
-# module -> (the class in it that connects, its methods to wrap). uvloop.Loop is
-# a Python subclass of its compiled loop, so its methods can be wrapped like
-# asyncio's; its sock_connect calls the Python socket's connect() and
-# getsockopt(), so the same wrapper retries there, while create_connection
-# connects in libuv and needs a wrapper of its own (_uvloop). gevent's socket
-# class (gevent.socket.socket, used directly by geventhttpclient and other
-# gevent-native clients, and socket.socket itself once monkey-patched) holds a
-# _socket.socket and connects through it, out of socket.socket's wrappers'
-# sight: it gets the same wrappers as socket.socket, with or without monkey-patching.
-_TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "asyncio.selector_events": ("BaseSelectorEventLoop", ("sock_connect",)),
-    "uvloop": ("Loop", ("sock_connect", "create_connection")),
-    "gevent._socket3": ("socket", ("connect", "connect_ex", "getsockopt", "bind", "sendto", "sendmsg")),
-}
-_hooked: set[str] = set()
-
-
-def watch() -> None:
-    """Patch each event loop now if its module is imported, else as soon as it is.
-
-    install() must not import asyncio, uvloop or gevent itself: that would
-    cost ~30 ms in every process that never uses them (and a sitecustomize
-    runs in all of them).
-    """
-    for name in _TARGETS:
-        module = sys.modules.get(name)
-        if module is not None:
-            _patch(module)
-        elif name not in _hooked:
-            _hooked.add(name)  # wrapt offers no way to unregister; the hook checks the state
-            wrapt.register_post_import_hook(_patch, name)
-
-
-def _patch(module: Any) -> None:
-    from . import _install
-
-    class_name, methods = _TARGETS[module.__name__]
-    cls = getattr(module, class_name, None)
-    with _install.lock:
-        if state.options is None or cls is None:
-            return
-        for method in methods:
-            _install.wrap(cls, method, _install.wrapper_for(method))
 
 
 def wrapper_for(method: str) -> Callable[..., Any]:

@@ -174,6 +174,26 @@ def reset_counters() -> None:
         exports[5]()
 
 
+def said_by_the_native_guard(variable: str) -> bool:
+    """The Python guard is about to warn about a bad value of *variable*: did the native guard say it already?
+
+    In a process with both guards, one mistake gets one warning: True means the
+    native guard said it (stay silent); False means it had not, and now will not.
+    Imports ctypes: called only on the warning path, and never raises.
+    """
+    if not os.environ.get("LD_PRELOAD"):
+        return False  # the library can only be here preloaded: no ctypes to find out
+    try:
+        import ctypes
+
+        claim = ctypes.CDLL(None).selfguard_native_claim_warning  # AttributeError: not loaded here
+        claim.argtypes = (ctypes.c_char_p,)
+        claim.restype = ctypes.c_int
+        return bool(claim(variable.encode()))
+    except Exception:
+        return False
+
+
 def merge(python: Mapping[str, int], native: Optional[Mapping[str, int]]) -> dict[str, int]:
     """The Python guard's counters with the native guard's added: each event counted once.
 

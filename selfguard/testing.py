@@ -12,10 +12,10 @@ from typing import Any, Callable, Iterator, Optional
 import wrapt
 
 from . import _config, _events, _install, _state
-from ._kernel import read_ephemeral_range
 
 # Public here since the first release; it lives with the command line, which must not import this module.
-from ._ports import free_port
+from ._commands.ports import free_port
+from ._kernel import read_ephemeral_range
 from ._state import state
 
 # linux/in.h: IP_LOCAL_PORT_RANGE (Linux >= 6.3). Python has no constant.

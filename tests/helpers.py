@@ -151,7 +151,7 @@ def under_sitecustomize(
     *pythonpath* replaces the bootstrap directory; *env* adds variables to a clean environment.
     """
     if pythonpath is None:
-        from selfguard._run import BOOTSTRAP
+        from selfguard._commands.run import BOOTSTRAP
 
         pythonpath = BOOTSTRAP
     return subprocess.run(

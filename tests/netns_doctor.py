@@ -28,8 +28,13 @@ def sysctl(name, value=None):
     if value is not None:
         with open(PROC + name, "w") as f:
             f.write(value)
-    with open(PROC + name) as f:
-        return " ".join(f.read().split())
+    # One large read: the kernel answers a read at a non-zero offset with end-of-file,
+    # so f.read()'s 8 KiB pieces would cut a long list short.
+    fd = os.open(PROC + name, os.O_RDONLY)
+    try:
+        return " ".join(os.read(fd, 1 << 20).decode().split())
+    finally:
+        os.close(fd)
 
 
 def doctor(*args, as_nobody=False):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from selfguard._run import BOOTSTRAP
+from selfguard._commands.run import BOOTSTRAP
 from selfguard.testing import can_force_self_connect
 
 from helpers import require, under_sitecustomize

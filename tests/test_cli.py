@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import selfguard.testing
-from selfguard import _ports
+from selfguard._commands import ports as _ports
 
 from conftest import require
 
@@ -29,7 +29,8 @@ def python(code: str) -> subprocess.CompletedProcess[str]:
 def test_the_command_line_does_not_import_the_testing_module():
     """Product code stays clear of selfguard.testing (and the wrapt patching it does on import of its helpers)."""
     done = python(
-        "import sys, selfguard.__main__, selfguard._doctor, selfguard._repro, selfguard._run\n"
+        "import sys, selfguard.__main__, selfguard._commands.doctor, selfguard._commands.repro\n"
+        "import selfguard._commands.run, selfguard._commands.watch, selfguard._commands.deploy\n"
         "print(sorted(m for m in sys.modules if m.startswith('selfguard.testing')))"
     )
     assert ("[]\n", "") == (done.stdout, done.stderr)
@@ -177,3 +178,20 @@ def test_only_without_a_named_port_is_a_usage_error():
     assert done.stderr.splitlines()[-1] == (
         "selfguard doctor: error: --only keeps to the ports named with --port: name some (--port P[,P...])"
     )
+
+
+@pytest.mark.parametrize("how", ["install()", "the sitecustomize"])
+def test_a_guarded_process_never_imports_the_command_line(how):
+    """The guard's side (install, the connect paths, stats, status) imports nothing of selfguard._commands."""
+    from selfguard._commands.run import BOOTSTRAP
+
+    code = (
+        "import socket, sys, selfguard\n"
+        + ("selfguard.install()\n" if how == "install()" else "")
+        + "s = socket.socket(); s.connect_ex(('127.0.0.1', 9)); s.close()\n"
+        "selfguard.stats(); selfguard.status(); selfguard.reset_stats()\n"
+        "print(selfguard.status(), sorted(m for m in sys.modules if m.startswith('selfguard._commands')))"
+    )
+    env = dict(os.environ, PYTHONPATH=BOOTSTRAP) if how == "the sitecustomize" else None
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert ("active []\n", "") == (done.stdout, done.stderr)

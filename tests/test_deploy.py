@@ -14,7 +14,7 @@ import wrapt
 from test_old_interpreters import old_python
 
 import selfguard
-from selfguard import _deploy
+from selfguard._commands import deploy as _deploy
 
 from helpers import clean_environ, require
 
@@ -166,7 +166,7 @@ def test_it_refuses_what_would_not_work_or_would_overwrite(tmp_path: Path):
 
 def test_selfguard_run_with_an_interpreter_without_selfguard_still_says_so(tmp_path: Path):
     """The packaged copy (selfguard run's) is not a copy left behind: the wrong interpreter is reported."""
-    from selfguard._run import BOOTSTRAP
+    from selfguard._commands.run import BOOTSTRAP
 
     env = venv(tmp_path, with_selfguard=False)
     ran = python_in(env, "import socket; socket.socket().connect_ex(('127.0.0.1', 1))", PYTHONPATH=BOOTSTRAP)

@@ -242,8 +242,8 @@ FIGURE = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)\s?(ms|µs)\b")
 
 def test_measured_costs_are_quoted_only_in_costs_md():
     """Only docs/costs.md quotes figures in ms or µs; elsewhere only the code's constants (retry budget, grace)."""
+    from selfguard._commands.watch import GRACE
     from selfguard._connect import MIN_RETRY_BUDGET
-    from selfguard._watch import GRACE
 
     constants = {f"{MIN_RETRY_BUDGET * 1000:g} ms", f"{GRACE * 1000:g} ms"}
     wrong = [

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from selfguard._commands.ports import format_port_list
+from selfguard._commands.recipes import container_recipes
 from selfguard._kernel import parse_port_list, read_ephemeral_range, read_reserved_ports
-from selfguard._ports import format_port_list
-from selfguard._recipes import container_recipes
 
 from conftest import require
 from netns_doctor import in_netns

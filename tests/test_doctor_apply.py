@@ -52,6 +52,31 @@ result = {"done": done, "reserved": sysctl("ip_local_reserved_ports")}
     assert applied["dry_run"] is False and applied["persist"] is None
 
 
+def test_apply_keeps_every_one_of_twelve_thousand_reservations():
+    """A 72 KB reserved list is read whole and written whole: the kernel takes 4095 bytes a write, reads once."""
+    found = in_netns(
+        """
+existing = ",".join(str(port) for port in range(1025, 25025, 2))  # 12,000 ports, none adjacent
+fd = os.open(PROC + "ip_local_reserved_ports", os.O_WRONLY)
+data, done = (existing + "\\n").encode(), 0
+while done < len(data):  # the kernel takes at most 4095 bytes a write; later writes add to the set
+    done += os.write(fd, data[done:])
+os.close(fd)
+before = sysctl("ip_local_reserved_ports")
+server = socket.create_server(("127.0.0.1", 40050))
+done = doctor("--apply", "--json", "--min-age", "0")
+result = {"done": done, "existing": existing, "before": before, "after": sysctl("ip_local_reserved_ports")}
+"""
+    )
+    done = found["done"]
+    assert found["existing"] == found["before"]  # the set-up reserved all 12,000
+    assert (0, "") == (done["status"], done["stderr"])
+    report = json.loads(done["stdout"])
+    assert found["existing"] == report["reserved"]  # doctor read the whole list
+    assert found["existing"] + ",40050" == found["after"]  # and wrote it whole, with the port at risk
+    assert found["existing"] + ",40050" == report["apply"]["sysctl"]["after"]
+
+
 def test_apply_twice_the_second_is_a_no_op(tmp_path: Path):
     """The second --apply --persist finds nothing at risk: it changes neither the sysctl nor the file."""
     require_nobody_can_run_python()
@@ -317,3 +342,25 @@ def test_a_read_only_proc_sys_as_in_a_container_keeps_the_report_and_the_recipes
     assert refusal.replace("(the doctor prints recipes)", "(the recipes above)") == dry_report["apply"]["would_fail"]
     assert "" == errors[2]
     assert [""] == reserved[2:].splitlines()  # the list still empty
+
+
+def test_a_list_the_kernel_refuses_half_way_is_put_back_as_it_was():
+    """The first 4095 bytes replace the set; when a later piece is refused, the old list is written back."""
+    found = in_netns(
+        """
+from selfguard._kernel import write_port_list
+sysctl("ip_local_reserved_ports", "1000,40100,40200-40210")
+before = sysctl("ip_local_reserved_ports")
+bad = ",".join(str(port) for port in range(1025, 5025, 2)) + ",70000"  # 12 KB; the last piece is refused
+fd = os.open(PROC + "ip_local_reserved_ports", os.O_WRONLY)
+try:
+    write_port_list(fd, bad, restore=before)
+    error = None
+except OSError as exc:
+    error = exc.errno
+os.close(fd)
+result = {"error": error, "before": before, "after": sysctl("ip_local_reserved_ports")}
+"""
+    )
+    assert 22 == found["error"]  # EINVAL
+    assert found["before"] == found["after"] == "1000,40100,40200-40210"

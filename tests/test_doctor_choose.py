@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from selfguard._listeners import process_age
+from selfguard._commands.listeners import process_age
 
 from conftest import require
 from netns_doctor import in_netns, require_nobody_can_run_python

@@ -16,7 +16,7 @@ import pytest
 
 import selfguard
 from selfguard import _config, testing
-from selfguard._run import BOOTSTRAP
+from selfguard._commands.run import BOOTSTRAP
 from selfguard.testing import can_force_self_connect
 
 from conftest import require

@@ -22,8 +22,9 @@ from native_helpers import require_library
 ROOT = Path(selfguard.__file__).resolve().parent.parent
 EXPORTS = {
     "connect", "getsockopt", "sendto", "sendmsg", "bind", "close", "socket", "socketpair", "accept", "accept4",
-    "dup", "dup2", "dup3", "selfguard_native_stats", "selfguard_native_counter_names", "selfguard_native_settings",
-    "selfguard_native_reset_stats", "selfguard_native_fd_flags", "selfguard_native_parse", "selfguard_native_version",
+    "dup", "dup2", "dup3", "fcntl", "fcntl64", "selfguard_native_stats", "selfguard_native_counter_names",
+    "selfguard_native_settings", "selfguard_native_reset_stats", "selfguard_native_fd_flags", "selfguard_native_parse",
+    "selfguard_native_version", "selfguard_native_claim_warning",
 }  # fmt: skip
 
 

@@ -4,11 +4,13 @@ tests/native/differential.c makes every kind of call the library interposes -- c
 refused, successful, in progress, failing with EADDRNOTAVAIL; from unbound sockets,
 sockets bound to port 0, to another port, to the dialled port (on purpose: a
 self-connect the guard must leave alone), dup()'d, dup2()'d, dup3()'d, received over a
-unix socket or copied with fcntl; over IPv4, IPv6 and v4-mapped addresses; blocking and
-non-blocking, completed by SO_ERROR or by connecting again; UDP and AF_UNIX; bad fds,
-addresses and lengths; SO_ERROR reads of every length; Fast Open sends -- and prints the
-return value and errno of each (errno also after a success). The outputs with the library
-preloaded and without it must be identical, whatever the guard's settings.
+unix socket or copied with fcntl; bound on purpose through one fd and dialled or read
+through another, bound with sa_family AF_UNSPEC, inherited across exec; over IPv4, IPv6
+and v4-mapped addresses; blocking and non-blocking, completed by SO_ERROR or by
+connecting again; UDP and AF_UNIX; bad fds, addresses and lengths; SO_ERROR reads of
+every length; Fast Open sends -- and prints the return value and errno of each (errno
+also after a success). The outputs with the library preloaded and without it must be
+identical, whatever the guard's settings.
 
 No case may self-connect by chance: the dialled ports inside the ephemeral range are
 reserved (ip_local_reserved_ports) in the test's namespace, so the kernel never picks

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from selfguard import _config, _native, _run
+from selfguard import _config, _native
+from selfguard._commands import run as _run
 
 from helpers import clean_environ, require_forcing
 from native_helpers import require_library
@@ -105,6 +106,12 @@ def test_the_library_reads_the_same_variables():
     assert False is json.loads(done.stdout)["enabled"]
 
 
+# A connect the guard examines: to a listener on a port from the ephemeral range.
+CONNECTS = (
+    "import socket; s = socket.create_server(('127.0.0.1', 0)); socket.create_connection(s.getsockname()).close()"
+)
+
+
 @pytest.mark.parametrize(
     "variable, raw, default",
     [
@@ -119,15 +126,13 @@ def test_the_library_reads_the_same_variables():
     ],
 )
 def test_a_bad_value_is_one_line_on_stderr_naming_the_variable_and_the_default_applies(variable, raw, default):
-    """As the Python guard says it, in any program: one line, the variable, the value, what is used instead.
+    """As the Python guard says it, at the first connect examined: one line, the variable, the value, what is used.
 
     That is the default, except for a bad mode: observe (see _config._ON_BAD_VALUE), in both guards.
     """
     require_library()
-    done = subprocess.run(
-        ["/bin/true"], env=clean_environ(LD_PRELOAD=_native.LIBRARY, **{variable: raw}), capture_output=True, text=True
-    )
-    assert 0 == done.returncode
+    done = preloaded(CONNECTS + "; socket.create_connection(s.getsockname()).close()", **{variable: raw})
+    assert 0 == done.returncode, done.stderr
     lines = done.stderr.splitlines()
     assert 1 == len(lines), done.stderr
     assert lines[0].startswith(f"selfguard (native guard): Invalid value '{raw}' for {variable} environment variable: ")
@@ -135,6 +140,29 @@ def test_a_bad_value_is_one_line_on_stderr_naming_the_variable_and_the_default_a
     settings = json.loads(preloaded(SETTINGS, **{variable: raw}).stdout)
     mode = "observe" if variable == "SELFGUARD_MODE" else "enforce"
     assert {"enabled": True, "mode": mode, "retries": 2, "retry_addrnotavail": True} == settings
+
+
+def test_a_bad_value_is_not_said_by_programs_that_never_connect():
+    """A shell loop of five commands that make no connection prints nothing (it printed six lines)."""
+    require_library()
+    done = subprocess.run(
+        ["sh", "-c", "for i in 1 2 3 4 5; do true; done; /bin/true"],
+        env=clean_environ(LD_PRELOAD=_native.LIBRARY, SELFGUARD_MODE="strict"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (0, "") == (done.returncode, done.stderr)
+
+
+def test_a_python_process_with_both_guards_gets_one_warning_for_one_mistake():
+    """The Python guard and the native guard read the same variable: only one of them says it."""
+    require_library()
+    code = "import selfguard; selfguard.install(); " + CONNECTS
+    done = preloaded(code, SELFGUARD_MODE="strict")
+    assert 0 == done.returncode, done.stderr
+    said = [line for line in done.stderr.splitlines() if "SELFGUARD_MODE" in line]
+    assert 1 == len(said), done.stderr
 
 
 def test_environment_puts_the_library_first_and_keeps_what_was_there():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from selfguard._run import BOOTSTRAP
+from selfguard._commands.run import BOOTSTRAP
 
 from conftest import require
 

@@ -119,7 +119,7 @@ def test_a_python_process_is_guarded_in_its_mode_until_it_uninstalls():
 
 def test_under_the_sitecustomize_the_guard_shows_from_the_first_connect():
     """Armed (stand-ins, nothing installed) is not yet guarded; after the first connect it is; a fork keeps it."""
-    from selfguard._run import BOOTSTRAP
+    from selfguard._commands.run import BOOTSTRAP
 
     steps = (
         "ready()\n"

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from selfguard._commands.reconnect import first_hit_interval
 from selfguard._kernel import read_ephemeral_range
-from selfguard._reconnect import first_hit_interval
 
 # A self-connect came within 2 000-35 000 dials here (~15 us each); 400 000 dials
 # make missing one vanishingly unlikely, and still end within seconds.

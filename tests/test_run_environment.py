@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from selfguard._run import BOOTSTRAP
+from selfguard._commands.run import BOOTSTRAP
 
 from helpers import clean_environ, require
 

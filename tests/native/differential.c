@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #ifndef MSG_FASTOPEN
@@ -659,8 +660,131 @@ static void fd_passing_cases(void) {
     }
 }
 
-int main(void) {
+/* A socket bound on purpose to the port it dials self-connects, and must stay so, whichever
+ * fd is used for what: bound through a copy, SO_ERROR read through a copy, bound with
+ * sa_family AF_UNSPEC (Linux takes it as AF_INET, INADDR_ANY), inherited across exec. */
+static int so_error_line(int fd, const char *what) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int ready = poll(&p, 1, 3000);
+    int v = -1;
+    socklen_t vl = sizeof v;
+    CALL(getsockopt(fd, SOL_SOCKET, SO_ERROR, &v, &vl));
+    out("%s: poll=%d so_error=%s:%d peer=%d", what, ready, result(), v, peer_state(fd));
+    return 0;
+}
+
+static int bind_port(int fd, int family, int port) {
+    struct sockaddr_storage ss;
+    socklen_t len = addr_of(&ss, family, family == AF_INET6 ? "::1" : "127.0.0.1", port);
+    return bind(fd, (struct sockaddr *)&ss, len);
+}
+
+static void purpose_cases(const char *self) {
+    struct sockaddr_storage to;
+    socklen_t tl = addr_of(&to, AF_INET, "127.0.0.1", CLOSED_IN);
+    static const char *const COPY[] = {"dup()", "dup2()", "dup3()", "fcntl(F_DUPFD)", "fcntl(F_DUPFD_CLOEXEC)"};
+    for (int how = 0; how < 5; how++) {
+        for (int nb = 0; nb < 2; nb++) {
+            for (int variant = 0; variant < 3; variant++) {
+                int fd = socket(AF_INET, SOCK_STREAM | (nb ? SOCK_NONBLOCK : 0), 0);
+                int copy = how == 0   ? dup(fd)
+                           : how == 1 ? dup2(fd, 970)
+                           : how == 2 ? dup3(fd, 971, O_CLOEXEC)
+                           : how == 3 ? fcntl(fd, F_DUPFD, 972)
+                                      : fcntl(fd, F_DUPFD_CLOEXEC, 973);
+                /* Bound through one, dialled through the other, SO_ERROR read through the first;
+                 * or bound and dialled through the original, SO_ERROR read through the copy. */
+                static const char *const VARIANTS[] = {"bound through the original", "bound through the copy",
+                                                       "read through the copy"};
+                int bound = variant == 1 ? copy : fd, dialled = variant == 0 ? copy : fd;
+                int reader = variant == 2 ? copy : bound;
+                CALL(bind_port(bound, AF_INET, CLOSED_IN));
+                char note[96];
+                snprintf(note, sizeof note, "bind=%s", result());
+                CALL(connect(dialled, (struct sockaddr *)&to, tl));
+                char what[300];
+                snprintf(what, sizeof what, "on purpose, copied with %s, %s%s: %s connect=%s", COPY[how],
+                         VARIANTS[variant], nb ? ", non-blocking" : "", note, result());
+                if (nb && call_rc < 0 && call_errno == EINPROGRESS)
+                    so_error_line(reader, what);
+                else
+                    out("%s peer=%d", what, peer_state(reader));
+                close(copy);
+                close_rst(fd);
+            }
+        }
+    }
+    /* sa_family AF_UNSPEC with INADDR_ANY: Linux binds an AF_INET socket to it. */
+    for (int nb = 0; nb < 2; nb++) {
+        int fd = socket(AF_INET, SOCK_STREAM | (nb ? SOCK_NONBLOCK : 0), 0);
+        struct sockaddr_in any = {.sin_family = AF_UNSPEC, .sin_port = htons(CLOSED_IN)};
+        any.sin_addr.s_addr = htonl(INADDR_ANY);
+        CALL(bind(fd, (struct sockaddr *)&any, sizeof any));
+        char note[96];
+        snprintf(note, sizeof note, "bind=%s", result());
+        CALL(connect(fd, (struct sockaddr *)&to, tl));
+        char what[300];
+        snprintf(what, sizeof what, "on purpose, bound with AF_UNSPEC%s: %s connect=%s", nb ? ", non-blocking" : "", note,
+                 result());
+        if (nb && call_rc < 0 && call_errno == EINPROGRESS)
+            so_error_line(fd, what);
+        else
+            out("%s peer=%d", what, peer_state(fd));
+        close_rst(fd);
+    }
+    /* Across exec: bound (and maybe dialled) here, connected or read by the new program. */
+    for (int dial_here = 0; dial_here < 2; dial_here++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        CALL(bind_port(fd, AF_INET, CLOSED_IN));
+        char note[96];
+        snprintf(note, sizeof note, "bind=%s", result());
+        if (dial_here) connect(fd, (struct sockaddr *)&to, tl);
+        fflush(stdout);
+        pid_t child = fork();
+        if (child == 0) {
+            char fd_text[16], case_text[16];
+            snprintf(fd_text, sizeof fd_text, "%d", fd);
+            snprintf(case_text, sizeof case_text, "%d", cases);
+            execl(self, self, dial_here ? "--read-after-exec" : "--dial-after-exec", fd_text, case_text, note, (char *)NULL);
+            _exit(3);
+        }
+        int status;
+        waitpid(child, &status, 0);
+        cases++;
+        close_rst(fd);
+    }
+    /* SCTP's one-to-one sockets are SOCK_STREAM too (EPROTONOSUPPORT where SCTP is missing). */
+    CALL(socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP));
+    out("socket SCTP one-to-one: %s", call_rc >= 0 ? "made" : result());
+    if (call_rc >= 0) {
+        int fd = (int)call_rc;
+        CALL(bind_port(fd, AF_INET, CLOSED_IN));
+        out("SCTP bind: %s", result());
+        close(fd);
+    }
+    drain();
+}
+
+/* The new program's half of the exec cases: `differential --read-after-exec FD CASE NOTE`. */
+static int after_exec(int argc, char **argv) {
+    if (argc != 5) return 2;
+    int fd = atoi(argv[2]);
+    cases = atoi(argv[3]);
+    char what[300];
+    if (strcmp(argv[1], "--dial-after-exec") == 0) {
+        struct sockaddr_storage to;
+        socklen_t tl = addr_of(&to, AF_INET, "127.0.0.1", CLOSED_IN);
+        CALL(connect(fd, (struct sockaddr *)&to, tl));
+        snprintf(what, sizeof what, "on purpose, bound before exec, dialled after: %s connect=%s", argv[4], result());
+    } else {
+        snprintf(what, sizeof what, "on purpose, bound and dialled before exec, read after: %s", argv[4]);
+    }
+    return so_error_line(fd, what);
+}
+
+int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 1) return after_exec(argc, argv);
     listener(AF_INET, "0.0.0.0", LISTEN_IN);
     listener(AF_INET6, "::", LISTEN_IN);
     listener(AF_INET, "0.0.0.0", LISTEN_OUT);
@@ -676,6 +800,7 @@ int main(void) {
     send_cases();
     fd_cases();
     fd_passing_cases();
+    purpose_cases("/proc/self/exe");
     fprintf(stderr, "%d cases\n", cases);
     return 0;
 }

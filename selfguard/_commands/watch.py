@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
-from . import _sockdiag, _tracefs
-from ._cli import EXIT_CANNOT_RUN, EXIT_OK, EXIT_USAGE, CannotRun, positive_count, positive_seconds
-from ._kernel import parse_port_list
+from .._kernel import parse_port_list
+from . import sockdiag as _sockdiag
+from . import tracefs as _tracefs
+from .cli import EXIT_CANNOT_RUN, EXIT_OK, EXIT_USAGE, CannotRun, positive_count, positive_seconds
 
 if TYPE_CHECKING:
-    from ._cli import Commands
+    from .cli import Commands
 
 ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE = 1, 2, 3, 4, 5, 6, 7
 CLOSE_WAIT, LAST_ACK, CLOSING = 8, 9, 11

@@ -24,12 +24,12 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun
+from .cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun
 
 if TYPE_CHECKING:
-    from ._cli import Commands
+    from .cli import Commands
 
-BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap", "sitecustomize.py")
+BOOTSTRAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_bootstrap", "sitecustomize.py")
 DIRECTORY = "selfguard-bootstrap"  # not importable as a package (the hyphen); holds sitecustomize.py only
 PTH = "selfguard-bootstrap.pth"
 MARK = "selfguard's sitecustomize"  # the bootstrap's first line says it: tells ours from a user's
@@ -164,7 +164,7 @@ def install(target: Target, force: bool) -> int:
     if version < (3, 9):
         raise CannotRun(f"{target.python} is Python {'.'.join(map(str, version))}; selfguard needs 3.9 or later")
     if target.facts["selfguard"] is None and not force:
-        from . import _origin
+        from .. import _origin
 
         raise CannotRun(
             f"selfguard is not installed for {target.python}: the bootstrap would guard nothing there. Install it "

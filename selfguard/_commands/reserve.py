@@ -9,9 +9,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from ._cli import CannotRun
-from ._kernel import parse_port_list
-from ._ports import covers, format_port_list, without
+from .._kernel import parse_port_list, read_sysctl_text, write_port_list
+from .cli import CannotRun
+from .ports import covers, format_port_list, without
 
 SYSCTL = "net.ipv4.ip_local_reserved_ports"
 RESERVED_FILE = "/proc/sys/net/ipv4/ip_local_reserved_ports"
@@ -40,8 +40,7 @@ def read_reserved() -> Ranges:
     """The live list; unlike _kernel's reader, an unreadable list is an error, not an empty one."""
     # Counting an unreadable list as empty would make --apply write a list
     # that drops every reservation already there.
-    with open(RESERVED_FILE) as f:
-        return parse_port_list(f.read())
+    return parse_port_list(read_sysctl_text(RESERVED_FILE))
 
 
 def _is_setting(line: str) -> bool:
@@ -215,13 +214,11 @@ def carry_out(plan: Plan) -> None:
                 raise CannotRun(f"cannot write {persist.path}: {exc.strerror}") from exc
         if fd is not None:
             try:
-                os.write(fd, sysctl.after.encode())
+                write_port_list(fd, sysctl.after, restore=sysctl.before)
             except OSError as exc:
                 raise CannotRun(f"the kernel refused {SYSCTL}={sysctl.after}: {exc.strerror}") from exc
             sysctl.written = True
-            still = [port for port in plan.ports if not covers(read_reserved(), port)]
-            if still:
-                raise CannotRun(f"{SYSCTL} was written but does not reserve {still}")
+            _check_written(sysctl.after)
         if temp is not None and persist is not None:
             try:
                 _install_file(temp, persist.path)
@@ -238,6 +235,26 @@ def carry_out(plan: Plan) -> None:
                 os.unlink(temp)
             except FileNotFoundError:  # renamed into place before a later step failed
                 pass
+
+
+def _check_written(expected: str) -> None:
+    """Read the live list back and compare all of it with *expected*: a port gained or lost is an error."""
+    try:
+        now = read_reserved()
+    except (OSError, ValueError) as exc:
+        raise CannotRun(f"{SYSCTL} was written but cannot be read back: {exc}") from exc
+    want, got = _ports_of(parse_port_list(expected)), _ports_of(now)
+    if want != got:
+        lost, gained = sorted(want - got), sorted(got - want)
+        raise CannotRun(
+            f"{SYSCTL} was written but reads back different: "
+            f"missing {format_port_list((p, p) for p in lost) or 'nothing'}, "
+            f"unexpected {format_port_list((p, p) for p in gained) or 'nothing'}"
+        )
+
+
+def _ports_of(ranges: Ranges) -> set[int]:
+    return {port for low, high in ranges for port in range(low, high + 1)}
 
 
 def _install_file(temp: str, path: str) -> None:

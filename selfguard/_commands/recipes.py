@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 
-from ._reserve import SYSCTL
+from .reserve import SYSCTL
 
 # Kubernetes lists this sysctl as safe (namespaced, settable per pod without a
 # kubelet --allowed-unsafe-sysctls flag) since 1.27, on kernels >= 3.16.

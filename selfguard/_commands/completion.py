@@ -6,10 +6,10 @@ import argparse
 import shlex
 from typing import TYPE_CHECKING
 
-from ._cli import EXIT_OK, TOP_LEVEL_OPTIONS
+from .cli import EXIT_OK, TOP_LEVEL_OPTIONS
 
 if TYPE_CHECKING:
-    from ._cli import Commands
+    from .cli import Commands
 
 DESCRIPTION = """\
 Print a bash completion script for `selfguard`: its commands, and each command's

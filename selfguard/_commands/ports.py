@@ -8,8 +8,8 @@ import re
 import socket
 from typing import Container, Iterable, Optional
 
-from ._cli import CannotRun
-from ._kernel import read_ephemeral_range, read_reserved_ports
+from .._kernel import read_ephemeral_range, read_reserved_ports
+from .cli import CannotRun
 
 RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 

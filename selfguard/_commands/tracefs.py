@@ -16,7 +16,7 @@ import signal
 import time
 from typing import Optional
 
-from ._cli import CannotRun
+from .cli import CannotRun
 
 MOUNT_POINTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 PREFIX = "selfguard-watch-"

@@ -9,11 +9,11 @@ import textwrap
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count, nonnegative_seconds, pid_number
-from ._listeners import listening_sockets, process_age, socket_owners
-from ._ports import RANGE_FILE, connect_tries_first, covers, ephemeral_range, format_port_list, parity, port_list
-from ._recipes import container_recipes, render_recipes
-from ._reserve import (
+from .cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count, nonnegative_seconds, pid_number
+from .listeners import listening_sockets, process_age, socket_owners
+from .ports import RANGE_FILE, connect_tries_first, covers, ephemeral_range, format_port_list, parity, port_list
+from .recipes import container_recipes, render_recipes
+from .reserve import (
     RESERVED_FILE,
     SYSCTL,
     Ranges,
@@ -26,7 +26,7 @@ from ._reserve import (
 )
 
 if TYPE_CHECKING:
-    from ._cli import Commands
+    from .cli import Commands
 
 SYSCTL_FILE = "/etc/sysctl.d/90-selfguard.conf"
 # A listener whose process is younger is transient (a test server, a tool):
@@ -229,7 +229,7 @@ def render(report: dict[str, Any], stale: bool = False) -> str:
         lines.append(f"  ({count(quiet)} other listening port(s) lie outside the ephemeral range: safe)")
     lines += _render_stale(report, stale)
     if report.get("processes"):
-        from ._process import describe
+        from .process import describe
 
         lines += [describe(found) for found in report["processes"]]
     if "apply" in report:
@@ -404,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
         record = recorded_ports(args.persist) if args.persist is not None else None
         report = examine(args.port, only=args.only, exclude=args.exclude, min_age=args.min_age, record=record)
         if args.pid:
-            from . import _process
+            from . import process as _process
 
             report["processes"] = [_process.examine(pid) for pid in args.pid]
             # Kept for scripts written before "processes": whether the native guard is active.

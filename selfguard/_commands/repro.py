@@ -8,13 +8,13 @@ import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from . import install, stats, uninstall
-from ._cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count, positive_count, positive_seconds
-from ._ports import ephemeral_range, free_port, parity
-from ._reconnect import Progress, guarded, unguarded
+from .. import install, stats, uninstall
+from .cli import EXIT_CANNOT_RUN, EXIT_FOUND, EXIT_OK, EXIT_USAGE, CannotRun, count, positive_count, positive_seconds
+from .ports import ephemeral_range, free_port, parity
+from .reconnect import Progress, guarded, unguarded
 
 if TYPE_CHECKING:
-    from ._cli import Commands
+    from .cli import Commands
 
 DEFAULT_MAX_ATTEMPTS = 1_000_000
 DEFAULT_MAX_SECONDS = 60.0

@@ -7,16 +7,16 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from . import _native
-from ._cli import EXIT_CANNOT_RUN, EXIT_USAGE
+from .. import _native
+from .cli import EXIT_CANNOT_RUN, EXIT_USAGE
 
 if TYPE_CHECKING:
-    from ._cli import Commands
+    from .cli import Commands
 
 # The directory holding selfguard's sitecustomize.py; it goes first on
 # PYTHONPATH, so every Python interpreter started below finds it (and it, in
 # turn, runs any sitecustomize it hides).
-BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
+BOOTSTRAP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_bootstrap")
 
 USAGE = "selfguard run [-h] [--native | --require-native] [--strict] [--] CMD [ARGS...]"
 WRITE_IT = "selfguard run -- CMD [ARGS...]"

@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TextIO
 
-from . import is_self_connected, stats
-from ._cli import count
+from .. import is_self_connected, stats
+from .cli import count
 
 # A dial to a closed loopback port fails at once; the timeout only bounds a
 # dial that hangs (a firewall dropping loopback packets).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from typing import Any, Optional
 
-from . import _marker, _native
+from .. import _marker, _native
 
 
 def _read(path: str) -> bytes:
