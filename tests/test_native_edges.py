@@ -18,7 +18,7 @@ import pytest
 from selfguard.testing import free_port
 
 from helpers import clean_environ, require_forcing
-from native_helpers import compile_c, in_namespace, report_lines, require_library, require_namespaces
+from native_helpers import compile_c, in_namespace, report_lines, require_library, require_namespaces, total
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +269,24 @@ def test_a_warning_is_never_written_into_a_connection_on_fd_2():
     """A daemon that closed stderr has a TCP socket there: the bad setting is not said into the peer's stream."""
     done = preloaded(STDERR_IS_A_CONNECTION, SELFGUARD_MODE="strict")
     assert (0, "b''\n") == (done.returncode, done.stdout), done.stderr
+
+
+def test_an_mptcp_client_is_guarded_like_tcp(tmp_path: Path):
+    """socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP): the first subflow self-connects like TCP; the guard resets it in place."""
+    library = require_library()
+    require_namespaces()
+    client = str(compile_c("mptcp", tmp_path))
+    unguarded = in_namespace([client, "40000"])
+    if unguarded["rc"] == 77:
+        pytest.skip("the kernel has no MPTCP")
+    assert 0 == unguarded["rc"], unguarded["stderr"]
+    assert 1 == json.loads(unguarded["stdout"])["self_connected"]
+    assert unguarded["server"] != "bound"  # the self-connected socket's TIME_WAIT keeps the port
+    report = tmp_path / "mptcp.report"
+    guarded = in_namespace(
+        [client, "40000"], env=clean_environ(LD_PRELOAD=library, SELFGUARD_NATIVE_REPORT=str(report))
+    )
+    assert 0 == guarded["rc"], guarded["stderr"]
+    assert {"self_connected": 0, "refused": 200, "other": 0} == json.loads(guarded["stdout"])
+    assert "bound" == guarded["server"]  # the reset left no TIME_WAIT behind
+    assert total(report_lines(report), "self_connects") >= 1

@@ -371,14 +371,22 @@ static int in_range(unsigned port) {
 
 /* -------------------------------------------------------------- detection */
 
-/* Ask the kernel whether *fd* is a TCP socket over AF_INET/AF_INET6. SCTP's one-to-one
- * sockets are SOCK_STREAM too: the protocol tells them apart. */
+/* MPTCP (curl --mptcp, mptcpize, Go's MPTCP) is a TCP connection underneath: its first
+ * subflow self-connects like TCP, and connect(AF_UNSPEC) resets it in place the same way
+ * (mptcp_disconnect). Not every libc defines the number. */
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262
+#endif
+
+/* Ask the kernel whether *fd* is a TCP (or MPTCP) socket over AF_INET/AF_INET6. SCTP's
+ * one-to-one sockets are SOCK_STREAM too: the protocol tells them apart. */
 static int kernel_says_tcp(int fd) {
     int type, domain, protocol;
     if (sys_getsockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) != 0 || type != SOCK_STREAM) return 0;
     if (sys_getsockopt_int(fd, SOL_SOCKET, SO_DOMAIN, &domain) != 0 || (domain != AF_INET && domain != AF_INET6))
         return 0;
-    return sys_getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL, &protocol) == 0 && protocol == IPPROTO_TCP;
+    return sys_getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL, &protocol) == 0 &&
+           (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
 }
 
 /* Learn (once per fd) what a socket this library did not see created is. */
@@ -1086,7 +1094,7 @@ EXPORT int close(int fd) {
 
 static inline uint8_t kind_of(int domain, int type, int protocol) {
     int tcp = (type & 0xf) == SOCK_STREAM && (domain == AF_INET || domain == AF_INET6) &&
-              (protocol == 0 || protocol == IPPROTO_TCP);
+              (protocol == 0 || protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
     return (uint8_t)(FD_KNOWN | (tcp ? FD_TCP : 0));
 }
 
