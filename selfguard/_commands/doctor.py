@@ -20,6 +20,7 @@ from .reserve import (
     carry_out,
     plan,
     read_reserved,
+    only_ours,
     recorded_ports,
     render_apply,
     rights_problem,
@@ -166,7 +167,8 @@ def examine(
 
 def _stale(reserved: Ranges, wanted: set[int], record: Optional[Ranges]) -> dict[str, Any]:
     """The reservations where nothing listens now (nor named with --port), and which of them the doctor added."""
-    ours = set() if record is None else {port for low, high in record for port in range(low, high + 1)}
+    # A live entry reaching past the record (the kernel merges an operator's range over it) keeps its ports.
+    ours = set() if record is None else {port for port, _ in only_ours(record, reserved)}
     stale = [
         {"ports": format_port_list([(low, high)]), "recorded": all(port in ours for port in range(low, high + 1))}
         for low, high in reserved

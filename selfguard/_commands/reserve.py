@@ -80,12 +80,42 @@ def read_record(lines: list[str]) -> Ranges:
 
 
 def recorded_ports(path: str) -> Ranges:
-    """The ports the sysctl.d file *path* records as the doctor's (none if it does not exist), or CannotRun."""
+    """The ports the sysctl.d file *path* records as the doctor's alone (none if it does not exist), or CannotRun.
+
+    A recorded port that an entry of the file's setting also covers, where that entry
+    reaches past the record (an operator's 40000-40200 over the doctor's 40100), is the
+    operator's too: --prune must not punch a hole in their range.
+    """
     try:
         lines, _ = _read_conf(os.path.realpath(path))
-        return read_record(lines)
     except (OSError, ValueError) as exc:
         raise CannotRun(f"cannot read {path}: {exc}") from exc
+    return only_ours(read_record(lines), _setting_entries(lines))
+
+
+def _setting_entries(lines: list[str]) -> Ranges:
+    """The entries of the file's settings of SYSCTL as written (not merged), unparsable ones skipped."""
+    found: Ranges = []
+    for line in lines:
+        if _is_setting(line):
+            try:
+                found += parse_port_list(line.partition("=")[2])
+            except ValueError:
+                continue
+    return found
+
+
+def only_ours(record: Ranges, entries: Ranges) -> Ranges:
+    """The ports of *record* that no entry of *entries* reaching past *record* covers, as ranges."""
+    ours = _ports_of(record)
+    shared = {
+        port
+        for low, high in entries
+        if not all(p in ours for p in range(low, high + 1))
+        for port in range(low, high + 1)
+        if port in ours
+    }
+    return [(port, port) for port in sorted(ours - shared)]
 
 
 def _conf_text(lines: list[str], setting: str, record: str = "") -> str:
