@@ -272,7 +272,7 @@ def test_a_warning_is_never_written_into_a_connection_on_fd_2():
 
 
 def test_an_mptcp_client_is_guarded_like_tcp(tmp_path: Path):
-    """socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP): the first subflow self-connects like TCP; the guard resets it in place."""
+    """socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP): its first subflow self-connects like TCP; it is reset in place."""
     library = require_library()
     require_namespaces()
     client = str(compile_c("mptcp", tmp_path))
