@@ -17,6 +17,7 @@ from .reserve import (
     RESERVED_FILE,
     SYSCTL,
     Ranges,
+    boot_override,
     carry_out,
     only_ours,
     plan,
@@ -429,6 +430,7 @@ def run(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace, report: dict[str, Any], applied: bool) -> Optional[str]:
     """Plan and (unless a dry run) carry out --apply into report["apply"]; return why it failed, if it did."""
     outcome: dict[str, Any] = {"dry_run": not applied, "sysctl": None, "persist": None, "removed": [], "error": None}
+    outcome["boot_override"] = None
     report["apply"] = outcome
     error: Optional[str] = None
     try:
@@ -454,6 +456,9 @@ def _apply(args: argparse.Namespace, report: dict[str, Any], applied: bool) -> O
     except OSError as exc:
         # carry_out words the failures it expects; this is any other.
         error = f"--apply failed: {exc}"
+    if changes.persist is not None:
+        # Checked after writing: the warning holds whether or not this run changed the file.
+        outcome["boot_override"] = boot_override(changes.persist.path, changes.persist.after)
     outcome.update(
         sysctl=asdict(changes.sysctl),
         persist=asdict(changes.persist) if changes.persist else None,
