@@ -241,6 +241,32 @@ def watches(sock: Any) -> bool:
     return _fd_flags(sock) >= 0
 
 
+def mode_in(pid: int) -> Optional[str]:
+    """The mode the native guard in process *pid* runs in, read from /proc/PID/environ as the library reads it.
+
+    SELFGUARD_MODE unset or blank: enforce; a bad value: observe (the library's fallback,
+    as _config's). None when the environment cannot be read.
+    """
+    try:
+        with open(f"/proc/{int(pid)}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except (OSError, ValueError, OverflowError):
+        return None
+    from ._config import _ascii, _parse_mode
+
+    raw: Optional[str] = None
+    for entry in environ:
+        if entry.startswith(b"SELFGUARD_MODE="):
+            raw = entry[len(b"SELFGUARD_MODE=") :].decode("utf-8", "replace")
+            break  # getenv() takes the first
+    if raw is None or not _ascii(raw, strict=False):
+        return "enforce"
+    try:
+        return _parse_mode(raw)
+    except ValueError:
+        return "observe"
+
+
 def active_in(pid: int) -> bool:
     """Tell whether the native guard is loaded in process *pid* and was not switched off there (SELFGUARD=0).
 

@@ -108,7 +108,9 @@ def test_an_upgrade_keeps_the_bootstrap_and_an_uninstall_leaves_it_silent(tmp_pa
     where = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=300)
     pip = [str(where / "bin" / "python"), "-m", "pip"]
-    done = subprocess.run([*pip, "install", str(ROOT)], env=clean_environ(), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*pip, "install", str(ROOT)], env=clean_environ(), capture_output=True, text=True, timeout=600
+    )
     assert 0 == done.returncode, done.stderr
     python = str(where / "bin" / "python")
     assert 0 == deploy("install", "--python", python).returncode

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from selfguard._commands import reserve
+
 from netns_doctor import in_netns, require_netns, require_nobody_can_run_python
 
 P = 40000  # even, like 32768, where a new namespace's range starts: a port at high risk
@@ -364,3 +366,67 @@ result = {"error": error, "before": before, "after": sysctl("ip_local_reserved_p
     )
     assert 22 == found["error"]  # EINVAL
     assert found["before"] == found["after"] == "1000,40100,40200-40210"
+
+
+def _sysctl_tree(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text.startswith("->"):
+            path.symlink_to(text[2:].strip())
+        else:
+            path.write_text(text)
+
+
+def test_boot_override_names_the_file_applied_last_that_drops_the_doctors_ports(tmp_path: Path):
+    """/etc/sysctl.conf (applied last, also through 99-sysctl.conf) and later sysctl.d files beat 90-selfguard.conf."""
+    setting = "net.ipv4.ip_local_reserved_ports = "
+    _sysctl_tree(
+        tmp_path,
+        {
+            "etc/sysctl.d/90-selfguard.conf": setting + "40100\n",
+            "etc/sysctl.d/99-sysctl.conf": "-> ../sysctl.conf",
+            "etc/sysctl.conf": "# the operator's\n" + setting + "8080\n",
+            "usr/lib/sysctl.d/50-early.conf": setting + "1\n",  # applied before: no matter
+            "run/sysctl.d/95-runtime.conf": setting + "40100\n",  # later, keeps 40100, but is not last
+            "lib/sysctl.d/99-sysctl.conf": setting + "2\n",  # masked by etc/sysctl.d/99-sysctl.conf
+        },
+    )
+    persist = str(tmp_path / "etc/sysctl.d/90-selfguard.conf")
+    assert {"file": str(tmp_path / "etc/sysctl.conf"), "setting": "8080", "lost": "40100"} == reserve.boot_override(
+        persist, "40100", root=str(tmp_path)
+    )
+    (tmp_path / "etc/sysctl.conf").write_text(setting + "8080,40000-40200\n")  # it covers the doctor's port
+    assert reserve.boot_override(persist, "40100", root=str(tmp_path)) is None
+    (tmp_path / "etc/sysctl.conf").write_text("# nothing\n")
+    assert {"file": str(tmp_path / "run/sysctl.d/95-runtime.conf"), "setting": "40100", "lost": "40101"} == (
+        reserve.boot_override(persist, "40100-40101", root=str(tmp_path))
+    )
+    # A file not written yet is placed by its name: 99-zz.conf comes after it.
+    _sysctl_tree(tmp_path, {"etc/sysctl.d/99-zz.conf": setting + "\n"})
+    new = str(tmp_path / "etc/sysctl.d/90-new.conf")
+    assert "99-zz.conf" in (reserve.boot_override(new, "40100", root=str(tmp_path)) or {}).get("file", "")
+
+
+def test_doctor_warns_when_a_later_sysctl_file_would_undo_persist_at_boot(tmp_path: Path):
+    """In a mount and network namespace: /etc/sysctl.d/99-operator.conf sets the list; --persist 90-... is told so."""
+    require_netns()
+    script = f"""
+set -e
+ip link set lo up
+mount -t tmpfs tmpfs /etc/sysctl.d
+: > {tmp_path}/empty; mount --bind {tmp_path}/empty /etc/sysctl.conf
+echo 'net.ipv4.ip_local_reserved_ports = 8080' > /etc/sysctl.d/99-operator.conf
+{sys.executable} -m selfguard doctor --apply --persist /etc/sysctl.d/90-selfguard.conf --only --port 40100
+"""
+    done = subprocess.run(
+        ["unshare", "-n", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stderr
+    assert (
+        "  warning: at boot, /etc/sysctl.d/99-operator.conf is applied after /etc/sysctl.d/90-selfguard.conf and "
+        "sets net.ipv4.ip_local_reserved_ports = 8080: after a reboot 40100 would not be reserved"
+    ) in done.stdout, done.stdout

@@ -212,3 +212,46 @@ def test_a_process_age_agrees_with_ps():
         age = process_age(pid)
         assert age is not None and abs(int(ps.stdout) - age) <= 2, (pid, ps.stdout, age)
     assert process_age(2**22 + 1) is None  # above pid_max's ceiling: no such process
+
+
+def test_prune_never_punches_a_hole_in_an_operators_range(tmp_path: Path):
+    """Recorded 40100, then the operator's 40000-40200 (live and in FILE's setting): --prune keeps the whole range."""
+    conf = tmp_path / "90-selfguard.conf"
+    found = in_netns(
+        """
+added = doctor("--apply", "--persist", params["conf"], "--only", "--port", "40100")
+sysctl("ip_local_reserved_ports", "40000-40200")
+text = open(params["conf"]).read().replace("ports = 40100", "ports = 40000-40200")
+open(params["conf"], "w").write(text)
+pruned = doctor("--apply", "--json", "--prune", "--persist", params["conf"])
+result = {"added": added, "pruned": pruned, "reserved": sysctl("ip_local_reserved_ports"),
+          "conf": open(params["conf"]).read()}
+""",
+        conf=str(conf),
+    )
+    assert 0 == found["added"]["status"], found["added"]["stderr"]
+    assert 0 == found["pruned"]["status"], found["pruned"]["stderr"]
+    assert [] == json.loads(found["pruned"]["stdout"])["prunable"]
+    assert "40000-40200" == found["reserved"]
+    assert found["conf"].endswith("\nnet.ipv4.ip_local_reserved_ports = 40000-40200\n"), found["conf"]
+
+
+def test_pruning_the_last_reserved_port_clears_the_live_list_and_the_file(tmp_path: Path):
+    """The kernel ignores an empty write: the doctor writes a newline, so the last port really goes."""
+    conf = tmp_path / "90-selfguard.conf"
+    found = in_netns(
+        """
+added = doctor("--apply", "--persist", params["conf"], "--only", "--port", "40100")
+before = sysctl("ip_local_reserved_ports")
+pruned = doctor("--apply", "--prune", "--persist", params["conf"])
+result = {"added": added, "before": before, "pruned": pruned, "reserved": sysctl("ip_local_reserved_ports"),
+          "conf": open(params["conf"]).read()}
+""",
+        conf=str(conf),
+    )
+    assert 0 == found["added"]["status"], found["added"]["stderr"]
+    assert "40100" == found["before"]
+    assert 0 == found["pruned"]["status"], found["pruned"]["stderr"]
+    assert "" == found["reserved"]
+    assert "# selfguard doctor added" not in found["conf"]
+    assert found["conf"].endswith("\nnet.ipv4.ip_local_reserved_ports = \n"), found["conf"]

@@ -18,7 +18,7 @@ import pytest
 from selfguard.testing import free_port
 
 from helpers import clean_environ, require_forcing
-from native_helpers import compile_c, in_namespace, report_lines, require_library, require_namespaces
+from native_helpers import compile_c, in_namespace, report_lines, require_library, require_namespaces, total
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +269,64 @@ def test_a_warning_is_never_written_into_a_connection_on_fd_2():
     """A daemon that closed stderr has a TCP socket there: the bad setting is not said into the peer's stream."""
     done = preloaded(STDERR_IS_A_CONNECTION, SELFGUARD_MODE="strict")
     assert (0, "b''\n") == (done.returncode, done.stdout), done.stderr
+
+
+def test_an_mptcp_client_is_guarded_like_tcp(tmp_path: Path):
+    """socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP): its first subflow self-connects like TCP; it is reset in place."""
+    library = require_library()
+    require_namespaces()
+    client = str(compile_c("mptcp", tmp_path))
+    unguarded = in_namespace([client, "40000"])
+    if unguarded["rc"] == 77:
+        pytest.skip("the kernel has no MPTCP")
+    assert 0 == unguarded["rc"], unguarded["stderr"]
+    assert 1 == json.loads(unguarded["stdout"])["self_connected"]
+    assert unguarded["server"] != "bound"  # the self-connected socket's TIME_WAIT keeps the port
+    report = tmp_path / "mptcp.report"
+    guarded = in_namespace(
+        [client, "40000"], env=clean_environ(LD_PRELOAD=library, SELFGUARD_NATIVE_REPORT=str(report))
+    )
+    assert 0 == guarded["rc"], guarded["stderr"]
+    assert {"self_connected": 0, "refused": 200, "other": 0} == json.loads(guarded["stdout"])
+    assert "bound" == guarded["server"]  # the reset left no TIME_WAIT behind
+    assert total(report_lines(report), "self_connects") >= 1
+
+
+SO_ERROR_READS = r"""
+import json, socket
+from selfguard import _native
+server = socket.create_server(("127.0.0.1", 0))  # a port from the ephemeral range: examined
+seen = []
+for timeout in (None, 5.0):  # a blocking connect; then CPython's non-blocking one, which reads SO_ERROR itself
+    client = socket.socket()
+    client.settimeout(timeout)
+    client.connect(server.getsockname())
+    for _ in range(5):  # as health checks and libraries do
+        assert 0 == client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    seen.append(_native.counters()["checked"])
+    client.close()
+print(json.dumps(seen))
+"""
+
+
+def test_checked_counts_a_connect_once_however_often_so_error_is_read():
+    """One connect, then five SO_ERROR reads: checked grows by one (blocking and non-blocking connects)."""
+    done = preloaded(SO_ERROR_READS)
+    assert 0 == done.returncode, done.stderr
+    assert [1, 2] == json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("mode, counter", [("observe", "self_connects"), ("relent", "relented")])
+def test_a_socket_reconnected_after_a_disconnect_is_handled_again(tmp_path: Path, mode: str, counter: str):
+    """connect, AF_UNSPEC disconnect, connect again (5 times, each meeting itself): each connect is counted."""
+    require_forcing()
+    client = str(compile_c("reconnect", tmp_path))
+    report = tmp_path / "reconnect.report"
+    outcome = run(
+        [client, str(free_port()), "5"],
+        LD_PRELOAD=require_library(),
+        SELFGUARD_MODE=mode,
+        SELFGUARD_NATIVE_REPORT=str(report),
+    )
+    assert {"connected": 5, "refused": 0} == outcome  # handed back each time: no outcome changed
+    assert 5 == total(report_lines(report), counter)

@@ -431,3 +431,40 @@ def test_doctor_tells_whether_a_process_has_the_native_guard():
         for child in children:
             child.communicate(timeout=30)
     assert {pids[0]: True, pids[1]: False} == json.loads(done.stdout)["native_guard"], done.stderr
+
+
+def test_doctor_tells_the_native_guards_mode_as_the_library_parses_it():
+    """doctor --pid: the native guard's mode from its environment; a bad value is observe, which changes no outcome."""
+    library = require_library()
+    wait = [sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"]
+    modes = {"unset": None, "observe": "observe", "spaced": " RELENT\t", "bad": "enforced", "blank": " "}
+    children = {
+        name: subprocess.Popen(
+            wait,
+            env=clean_environ(LD_PRELOAD=library, **({} if raw is None else {"SELFGUARD_MODE": raw})),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name, raw in modes.items()
+    }
+    try:
+        for child in children.values():
+            assert "up\n" == child.stdout.readline()
+        args = [arg for child in children.values() for arg in ("--pid", str(child.pid))]
+        text = subprocess.run(
+            [sys.executable, "-m", "selfguard", "doctor", *args], capture_output=True, text=True, timeout=60
+        )
+        found = subprocess.run(
+            [sys.executable, "-m", "selfguard", "doctor", "--json", *args], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        for child in children.values():
+            child.communicate(timeout=30)
+    processes = {entry["pid"]: entry for entry in json.loads(found.stdout)["processes"]}
+    got = {name: processes[child.pid]["native_mode"] for name, child in children.items()}
+    comm = processes[children["bad"].pid]["command"]
+    assert {"unset": "enforce", "observe": "observe", "spaced": "relent", "bad": "observe", "blank": "enforce"} == got
+    observe = f"Process {children['bad'].pid} ({comm}): guarded: native guard active (mode observe: it counts "
+    assert observe + "self-connects and changes no outcome)" in text.stdout, text.stdout
+    assert f"Process {children['unset'].pid} ({comm}): guarded: native guard active (mode enforce)" in text.stdout

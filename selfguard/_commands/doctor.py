@@ -17,7 +17,9 @@ from .reserve import (
     RESERVED_FILE,
     SYSCTL,
     Ranges,
+    boot_override,
     carry_out,
+    only_ours,
     plan,
     read_reserved,
     recorded_ports,
@@ -166,7 +168,8 @@ def examine(
 
 def _stale(reserved: Ranges, wanted: set[int], record: Optional[Ranges]) -> dict[str, Any]:
     """The reservations where nothing listens now (nor named with --port), and which of them the doctor added."""
-    ours = set() if record is None else {port for low, high in record for port in range(low, high + 1)}
+    # A live entry reaching past the record (the kernel merges an operator's range over it) keeps its ports.
+    ours = set() if record is None else {port for port, _ in only_ours(record, reserved)}
     stale = [
         {"ports": format_port_list([(low, high)]), "recorded": all(port in ours for port in range(low, high + 1))}
         for low, high in reserved
@@ -427,6 +430,7 @@ def run(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace, report: dict[str, Any], applied: bool) -> Optional[str]:
     """Plan and (unless a dry run) carry out --apply into report["apply"]; return why it failed, if it did."""
     outcome: dict[str, Any] = {"dry_run": not applied, "sysctl": None, "persist": None, "removed": [], "error": None}
+    outcome["boot_override"] = None
     report["apply"] = outcome
     error: Optional[str] = None
     try:
@@ -452,6 +456,9 @@ def _apply(args: argparse.Namespace, report: dict[str, Any], applied: bool) -> O
     except OSError as exc:
         # carry_out words the failures it expects; this is any other.
         error = f"--apply failed: {exc}"
+    if changes.persist is not None:
+        # Checked after writing: the warning holds whether or not this run changed the file.
+        outcome["boot_override"] = boot_override(changes.persist.path, changes.persist.after)
     outcome.update(
         sysctl=asdict(changes.sysctl),
         persist=asdict(changes.persist) if changes.persist else None,

@@ -31,10 +31,17 @@ def examine(pid: int) -> dict[str, Any]:
 
     state: "guarded", "not guarded", "no such process" or "cannot tell"; python: the
     Python guard's mode when it is active there, else None; native: whether the
-    native guard is active there (None when that cannot be told); detail: why, in
-    words.
+    native guard is active there (None when that cannot be told); native_mode: its mode
+    (SELFGUARD_MODE in /proc/PID/environ, parsed as the library parses it); detail: why,
+    in words.
     """
-    found: dict[str, Any] = {"pid": pid, "command": _command(pid), "python": None, "native": None}
+    found: dict[str, Any] = {
+        "pid": pid,
+        "command": _command(pid),
+        "python": None,
+        "native": None,
+        "native_mode": None,
+    }
     try:
         maps = _read(f"/proc/{pid}/maps")
     except OSError as exc:
@@ -51,7 +58,13 @@ def examine(pid: int) -> dict[str, Any]:
     if found["python"]:
         guards.append(f"Python guard active (mode {found['python']})")
     if found["native"]:
-        guards.append("native guard active")
+        found["native_mode"] = mode = _native.mode_in(pid)
+        if mode is None:
+            guards.append("native guard active (mode unknown: cannot read its environment)")
+        elif mode == "observe":
+            guards.append("native guard active (mode observe: it counts self-connects and changes no outcome)")
+        else:
+            guards.append(f"native guard active (mode {mode})")
     if guards:
         return {**found, "state": "guarded", "detail": ", ".join(guards)}
     return {

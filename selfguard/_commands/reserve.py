@@ -80,12 +80,42 @@ def read_record(lines: list[str]) -> Ranges:
 
 
 def recorded_ports(path: str) -> Ranges:
-    """The ports the sysctl.d file *path* records as the doctor's (none if it does not exist), or CannotRun."""
+    """The ports the sysctl.d file *path* records as the doctor's alone (none if it does not exist), or CannotRun.
+
+    A recorded port that an entry of the file's setting also covers, where that entry
+    reaches past the record (an operator's 40000-40200 over the doctor's 40100), is the
+    operator's too: --prune must not punch a hole in their range.
+    """
     try:
         lines, _ = _read_conf(os.path.realpath(path))
-        return read_record(lines)
     except (OSError, ValueError) as exc:
         raise CannotRun(f"cannot read {path}: {exc}") from exc
+    return only_ours(read_record(lines), _setting_entries(lines))
+
+
+def _setting_entries(lines: list[str]) -> Ranges:
+    """The entries of the file's settings of SYSCTL as written (not merged), unparsable ones skipped."""
+    found: Ranges = []
+    for line in lines:
+        if _is_setting(line):
+            try:
+                found += parse_port_list(line.partition("=")[2])
+            except ValueError:
+                continue
+    return found
+
+
+def only_ours(record: Ranges, entries: Ranges) -> Ranges:
+    """The ports of *record* that no entry of *entries* reaching past *record* covers, as ranges."""
+    ours = _ports_of(record)
+    shared = {
+        port
+        for low, high in entries
+        if not all(p in ours for p in range(low, high + 1))
+        for port in range(low, high + 1)
+        if port in ours
+    }
+    return [(port, port) for port in sorted(ours - shared)]
 
 
 def _conf_text(lines: list[str], setting: str, record: str = "") -> str:
@@ -276,6 +306,63 @@ def _install_file(temp: str, path: str) -> None:
         raise CannotRun(f"cannot write {path}: {exc}") from exc
 
 
+# Where sysctl files are read at boot (systemd-sysctl, `sysctl --system`), in order of
+# precedence: a file name in an earlier directory masks the same name in a later one.
+# All files are applied sorted by name, whatever their directory; /etc/sysctl.conf last.
+BOOT_DIRECTORIES = ("etc/sysctl.d", "run/sysctl.d", "usr/local/lib/sysctl.d", "usr/lib/sysctl.d", "lib/sysctl.d")
+BOOT_LAST = "etc/sysctl.conf"
+
+
+def boot_order(root: str = "/", to_be: Optional[str] = None) -> list[str]:
+    """The sysctl files applied at boot under *root*, in the order they are applied; *to_be*: a file not yet written."""
+    by_name: dict[str, str] = {}
+    for directory in BOOT_DIRECTORIES:
+        try:
+            names = os.listdir(os.path.join(root, directory))
+        except OSError:
+            names = []
+        if to_be is not None and os.path.dirname(to_be) == os.path.realpath(os.path.join(root, directory)):
+            names.append(os.path.basename(to_be))
+        for name in names:
+            if name.endswith(".conf"):
+                by_name.setdefault(name, os.path.join(root, directory, name))
+    order = [by_name[name] for name in sorted(by_name)]
+    last = os.path.join(root, BOOT_LAST)
+    if os.path.isfile(last):
+        order.append(last)
+    return order
+
+
+def boot_override(path: str, ports: str, root: str = "/") -> Optional[dict[str, str]]:
+    """The file applied after *path* at boot whose setting of SYSCTL wins, if it drops any of *ports*; else None.
+
+    sysctl applies each setting in turn, so the last file that sets SYSCTL decides the
+    list after a reboot: a later line of the operator's replaces the doctor's. None too
+    when *path* is not among the files applied at boot (nothing to compare it with).
+    """
+    target = os.path.realpath(path)
+    order = boot_order(root, to_be=target)
+    real = [os.path.realpath(file) for file in order]
+    if target not in real:
+        return None
+    winner: Optional[tuple[str, Ranges]] = None
+    for file, resolved in list(zip(order, real))[real.index(target) + 1 :]:
+        if resolved == target:
+            continue  # the same file again (a 99-sysctl.conf -> ../sysctl.conf link)
+        try:
+            _, setting = _read_conf(resolved)
+        except (OSError, ValueError):
+            continue
+        if setting is not None:
+            winner = (file, setting)
+    if winner is None:
+        return None
+    lost = [(port, port) for port in sorted(_ports_of(parse_port_list(ports))) if not covers(winner[1], port)]
+    if not lost:
+        return None
+    return {"file": winner[0], "setting": format_port_list(winner[1]), "lost": format_port_list(lost)}
+
+
 def render_apply(apply: dict[str, Any], conf_hint: str) -> list[str]:
     """What --apply (or --dry-run) did or would do, as lines of the doctor's text report."""
     dry = apply["dry_run"]
@@ -316,6 +403,13 @@ def render_apply(apply: dict[str, Any], conf_hint: str) -> list[str]:
         ]
     else:
         lines.append(f"  {conf['path']} unchanged: it already reserves every port checked in the range")
+    override = apply.get("boot_override")
+    if override:
+        lines.append(
+            f"  warning: at boot, {override['file']} is applied after {conf['path'] if conf else conf_hint} and sets "
+            f"{SYSCTL} = {override['setting'] or '(none)'}: after a reboot {override['lost']} would not be "
+            f"reserved; add them to {override['file']}'s line (or remove that line)"
+        )
     if dry and apply.get("would_fail"):
         lines.append(f"The real --apply would fail: {apply['would_fail']}")
     return lines

@@ -238,7 +238,10 @@ enum {
     FD_TCP = 2,     /* ... as an AF_INET/AF_INET6 SOCK_STREAM socket of protocol TCP */
     FD_BOUND = 4,   /* bound to an explicit port through this fd (for selfguard_native_fd_flags) */
     FD_HANDED = 8,  /* a self-connected socket handed back (observe, relent, fault): reported once */
+    FD_CHECKED = 16, /* its connection was examined (counted in "checked"): SO_ERROR reads skip it */
 };
+/* The states a connection has, not the socket: cleared when the fd starts a new connect. */
+#define FD_PER_CONNECTION (FD_HANDED | FD_CHECKED)
 static _Atomic uint8_t fd_states[TRACKED_FDS];
 
 static inline int tracked(int fd) { return (unsigned)fd < TRACKED_FDS; }
@@ -248,6 +251,9 @@ static inline void fd_put(int fd, uint8_t value) {
 }
 static inline void fd_add(int fd, uint8_t flags) {
     if ((fd_load(fd) & flags) != flags) atomic_fetch_or_explicit(&fd_states[fd], flags, memory_order_relaxed);
+}
+static inline void fd_clear(int fd, uint8_t flags) {
+    if (fd_load(fd) & flags) atomic_fetch_and_explicit(&fd_states[fd], (uint8_t)~flags, memory_order_relaxed);
 }
 
 /* ------------------------------------------------ sockets bound on purpose */
@@ -371,14 +377,22 @@ static int in_range(unsigned port) {
 
 /* -------------------------------------------------------------- detection */
 
-/* Ask the kernel whether *fd* is a TCP socket over AF_INET/AF_INET6. SCTP's one-to-one
- * sockets are SOCK_STREAM too: the protocol tells them apart. */
+/* MPTCP (curl --mptcp, mptcpize, Go's MPTCP) is a TCP connection underneath: its first
+ * subflow self-connects like TCP, and connect(AF_UNSPEC) resets it in place the same way
+ * (mptcp_disconnect). Not every libc defines the number. */
+#ifndef IPPROTO_MPTCP
+#define IPPROTO_MPTCP 262
+#endif
+
+/* Ask the kernel whether *fd* is a TCP (or MPTCP) socket over AF_INET/AF_INET6. SCTP's
+ * one-to-one sockets are SOCK_STREAM too: the protocol tells them apart. */
 static int kernel_says_tcp(int fd) {
     int type, domain, protocol;
     if (sys_getsockopt_int(fd, SOL_SOCKET, SO_TYPE, &type) != 0 || type != SOCK_STREAM) return 0;
     if (sys_getsockopt_int(fd, SOL_SOCKET, SO_DOMAIN, &domain) != 0 || (domain != AF_INET && domain != AF_INET6))
         return 0;
-    return sys_getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL, &protocol) == 0 && protocol == IPPROTO_TCP;
+    return sys_getsockopt_int(fd, SOL_SOCKET, SO_PROTOCOL, &protocol) == 0 &&
+           (protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
 }
 
 /* Learn (once per fd) what a socket this library did not see created is. */
@@ -938,9 +952,16 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     int caller_errno = errno;
     if (UNLIKELY(tracked(fd) && !(fd_load(fd) & FD_KNOWN)) && guard_on()) learn_before_dialling(fd);
     int rc = next_connect(fd, addr, len);
-    /* Refused, EINPROGRESS, every other error: the kernel's answer, untouched. */
-    if (rc != 0 && errno != EADDRNOTAVAIL) return rc;
-    if (!guard_on() || !tracked(fd)) return rc;
+    /* Refused, EINPROGRESS, every other error: the kernel's answer, untouched. A connect the
+     * kernel began (0, EINPROGRESS) is a new connection of this fd (after a failed one, or an
+     * AF_UNSPEC disconnect): examined, and reported, afresh. EALREADY/EISCONN are not. */
+    if (rc != 0 && errno != EADDRNOTAVAIL) {
+        if (errno == EINPROGRESS && tracked(fd)) fd_clear(fd, FD_PER_CONNECTION);
+        return rc;
+    }
+    if (!tracked(fd)) return rc;
+    if (rc == 0) fd_clear(fd, FD_PER_CONNECTION);
+    if (!guard_on()) return rc;
     int kernel_errno = errno;
     /* The kernel accepted *addr*, so it is readable (and len covers the family). */
     unsigned port = address_port(addr, len);
@@ -950,10 +971,13 @@ EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     }
     say_pending_warnings();
     if (rc == 0 ? !connected_to_itself(fd, port) : !hinted_tcp(fd)) {
+        if (rc == 0) fd_add(fd, FD_CHECKED);
         errno = kernel_errno;
         return rc;
     }
-    return settle_connect(next_connect, fd, addr, len, port, rc == 0, caller_errno);
+    rc = settle_connect(next_connect, fd, addr, len, port, rc == 0, caller_errno);
+    if (rc == 0) fd_add(fd, FD_CHECKED); /* connected (maybe handed back): examined once */
+    return rc;
 }
 
 EXPORT int getsockopt(int fd, int level, int name, void *value, socklen_t *len) {
@@ -966,6 +990,9 @@ EXPORT int getsockopt(int fd, int level, int name, void *value, socklen_t *len) 
      * before (in another process, before exec), where the guard could not tell whether its
      * port was chosen on purpose. Left alone, as a socket that has a port before it dials. */
     if (!(state & FD_KNOWN)) return rc;
+    /* This connection was examined already (by connect(), or an earlier read): one connect
+     * is checked, and counted, once however often its outcome is read. */
+    if (state & FD_CHECKED) return rc;
     /* The kernel wrote *len (at most sizeof(int)) bytes of the pending error: any error is
      * the truth already. */
     socklen_t n = *len;
@@ -991,6 +1018,7 @@ EXPORT int getsockopt(int fd, int level, int name, void *value, socklen_t *len) 
     }
     int self = same_endpoint(&local, &peer) && kernel_says_tcp(fd) && !bound_on_purpose(fd);
     if (hint || self) count(C_checked);
+    fd_add(fd, FD_CHECKED);
     if (self && on_self_connect(fd, 1, 0) == ACT_REFUSE) {
         int refused = ECONNREFUSED;
         memcpy(value, &refused, n);
@@ -1002,10 +1030,12 @@ EXPORT int getsockopt(int fd, int level, int name, void *value, socklen_t *len) 
 /* A TCP Fast Open send returned *rc* >= 0: check it (as connect()), follow the policy. */
 static ssize_t check_fast_open(int fd, const struct sockaddr *addr, socklen_t alen, ssize_t rc, int caller_errno,
                                ssize_t (*again)(const void *), const void *call) {
+    fd_clear(fd, FD_PER_CONNECTION); /* a new connection of this fd, as at connect() */
     unsigned port = address_port(addr, alen);
     if (port == 0 || !in_range(port)) return rc;
     say_pending_warnings();
     if (!connected_to_itself(fd, port)) {
+        fd_add(fd, FD_CHECKED);
         errno = caller_errno;
         return rc;
     }
@@ -1031,6 +1061,8 @@ EXPORT ssize_t sendto(int fd, const void *buf, size_t n, int flags, const struct
     if (UNLIKELY((flags & MSG_FASTOPEN) && tracked(fd) && !(fd_load(fd) & FD_KNOWN)) && guard_on())
         learn_before_dialling(fd);
     ssize_t rc = next_sendto(fd, buf, n, flags, addr, alen);
+    if (UNLIKELY(rc < 0 && (flags & MSG_FASTOPEN)) && errno == EINPROGRESS && tracked(fd))
+        fd_clear(fd, FD_PER_CONNECTION); /* a new connection, completed out of sight */
     if (rc < 0 || !(flags & MSG_FASTOPEN) || addr == NULL) return rc;
     if (!guard_on() || !tracked(fd)) return rc;
     struct sendto_call call = {next_sendto, fd, buf, n, flags, addr, alen};
@@ -1054,6 +1086,8 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
         learn_before_dialling(fd);
     ssize_t rc = next_sendmsg(fd, msg, flags);
     /* rc >= 0: the kernel read *msg, so it is readable. */
+    if (UNLIKELY(rc < 0 && (flags & MSG_FASTOPEN)) && errno == EINPROGRESS && tracked(fd))
+        fd_clear(fd, FD_PER_CONNECTION); /* a new connection, completed out of sight */
     if (rc < 0 || !(flags & MSG_FASTOPEN) || msg->msg_name == NULL) return rc;
     if (!guard_on() || !tracked(fd)) return rc;
     struct sendmsg_call call = {next_sendmsg, fd, msg, flags};
@@ -1086,7 +1120,7 @@ EXPORT int close(int fd) {
 
 static inline uint8_t kind_of(int domain, int type, int protocol) {
     int tcp = (type & 0xf) == SOCK_STREAM && (domain == AF_INET || domain == AF_INET6) &&
-              (protocol == 0 || protocol == IPPROTO_TCP);
+              (protocol == 0 || protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP);
     return (uint8_t)(FD_KNOWN | (tcp ? FD_TCP : 0));
 }
 
