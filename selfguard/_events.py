@@ -180,6 +180,22 @@ def fault(
     next(_counters["faults"])
     claim = object()
     if _logged_once.setdefault(what, claim) is claim:
+        _unlogged.append((what, exc, outcome))
+    flush_unlogged()
+    if _listeners:
+        _deliver(Event("fault", api, None, None, 0, f"{what}: {type(exc).__name__}: {exc}"), report_errors=False)
+
+
+# Faults whose line could not be written yet: logging is imported at the first
+# line, and a fault at the fd limit (EMFILE) can't import it. The line waits
+# for the next fault, or the next read of the range, to be written.
+_unlogged: list[tuple[str, BaseException, str]] = []
+
+
+def flush_unlogged() -> None:
+    """Write the fault lines still waiting, once logging can be had."""
+    while _unlogged:
+        what, exc, outcome = _unlogged[0]
         try:
             logger().warning(
                 "selfguard: %s failed (%s: %s); %s. "
@@ -190,9 +206,8 @@ def fault(
                 outcome,
             )
         except Exception:
-            pass
-    if _listeners:
-        _deliver(Event("fault", api, None, None, 0, f"{what}: {type(exc).__name__}: {exc}"), report_errors=False)
+            return  # still no logging (or a handler that fails): tried again later
+        del _unlogged[0]
 
 
 def _deliver(event: Event, report_errors: bool) -> None:

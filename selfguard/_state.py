@@ -231,6 +231,8 @@ def _refresh(now: float) -> None:
         return
     state.low, state.high = low, high
     state.range_known = True
+    if _events._unlogged:
+        _events.flush_unlogged()  # a fault at the fd limit could not be logged then
     # The time is stamped only once the range is in place: the read releases
     # the GIL, and other threads must not take a fresh stamp over an empty or
     # half-written range as "outside it" (they read the file themselves).
