@@ -417,3 +417,97 @@ def test_a_killed_watchers_instance_is_swept_by_the_next_start() -> None:
     watch = Watch()
     watch.stop()
     assert leftover not in instances()
+
+
+# A process in namespace A, once told to go, makes an accidental self-connect on PORT in a
+# namespace B: from a thread that entered B and is gone before the watcher reads the event
+# ("thread"), or with a socket made in B by the process, which then went back to A ("setns");
+# then A also holds a deliberate self-connect on PORT (bound, then connected to itself, made
+# before the watcher starts). The kernel's event names the task, not B.
+TWO_NAMESPACES = r"""
+import ctypes, errno, json, os, socket, struct, sys, threading, time
+P, MODE = PORT, sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+os.system("ip link set lo up")
+deliberate = socket.socket()
+if MODE == "setns":
+    deliberate.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    deliberate.bind(("127.0.0.1", P))
+    deliberate.connect(("127.0.0.1", P))
+print("ready", flush=True)
+sys.stdin.readline()
+def accidental():
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    assert libc.unshare(0x40000000) == 0
+    os.system("ip link set lo up")  # the child inherits this thread's namespace
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_IP, 51, struct.pack("I", P | P << 16))  # IP_LOCAL_PORT_RANGE
+    if MODE == "setns":
+        assert libc.setns(home, 0x40000000) == 0
+    s.connect(("127.0.0.1", P))
+    return s
+if MODE == "thread":
+    held = []
+    worker = threading.Thread(target=lambda: held.append(accidental()))
+    worker.start()
+    worker.join()
+    s = held[0]
+else:
+    s = accidental()
+time.sleep(1.0)
+def alive(sock):
+    try:
+        sock.send(b"x")
+        return sock.recv(1) == b"x"
+    except OSError as exc:
+        if exc.errno in (errno.EPIPE, errno.ENOTCONN) and sock is deliberate and MODE != "setns":
+            return True  # none was made
+
+        return errno.errorcode[exc.errno]
+print(json.dumps({"pid": os.getpid(), "deliberate": alive(deliberate), "accidental": alive(s)}), flush=True)
+""".replace("PORT", str(PORT))
+
+
+def two_namespaces(mode: str) -> tuple[dict[str, Any], list[Report]]:
+    require_namespaces()
+    program = subprocess.Popen(
+        ["unshare", "-n", sys.executable, "-c", TWO_NAMESPACES, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    STARTED.append(program)
+    assert program.stdout is not None and program.stdin is not None
+    assert "ready" == program.stdout.readline().strip(), program.stderr
+    watch = Watch("--reset", str(PORT))
+    program.stdin.write("go\n")
+    program.stdin.flush()
+    out, err = program.communicate(timeout=60)
+    assert out, err
+    reports, _ = watch.stop()
+    result = json.loads(out.splitlines()[-1])
+    return result, [r for r in reports if r["pid"] == result["pid"]]
+
+
+def test_reset_ends_a_threads_self_connect_in_its_own_namespace_not_the_main_threads() -> None:
+    """A thread in namespace B self-connects: --reset ends that socket, never the main thread's namespace's."""
+    result, seen = two_namespaces("thread")
+    assert {"deliberate": True, "accidental": "ECONNABORTED"} == {k: result[k] for k in ("deliberate", "accidental")}
+    assert ["ended"] == [r["outcome"] for r in seen], seen
+    assert seen[0]["netns"] != _netns_of_pid(result["pid"])  # the thread's namespace is reported
+
+
+def _netns_of_pid(pid: int) -> Optional[int]:
+    try:
+        link = os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+    return int(link[5:-1])
+
+
+def test_reset_of_a_socket_made_in_another_namespace_ends_nothing_it_cannot_confirm() -> None:
+    """A socket made in B by a process back in A, and a deliberate one in A: --reset ends neither."""
+    result, seen = two_namespaces("setns")
+    assert {"deliberate": True, "accidental": True} == {k: result[k] for k in ("deliberate", "accidental")}
+    assert [r for r in seen if "could not confirm the socket" in r.get("reset", "")], seen

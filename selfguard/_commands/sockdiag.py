@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -28,6 +29,8 @@ NLM_F_DUMP = 0x300
 CLONE_NEWNET = 0x40000000
 TCP_ESTABLISHED = 1
 NO_COOKIE = 0xFFFFFFFF
+SIOCGSKNS = 0x894C  # a socket's own network namespace, as an fd (Linux >= 4.9)
+SYS_PIDFD_GETFD = 438  # the same number on every architecture (Linux >= 5.6)
 
 # struct inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid:
 # sport, dport (big-endian), src[4], dst[4] (network order), if, cookie[2].
@@ -48,6 +51,60 @@ class Found:
     port: int
     inode: int
     cookie: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Held:
+    """A self-connected socket a process holds: its inode, and an fd (the caller's to close) to its own namespace."""
+
+    inode: int
+    netns_fd: int
+
+
+def held_by(pid: int, family: int, port: int) -> list[Held]:
+    """The TCP sockets of *family* process *pid* holds that are connected from *port* to itself.
+
+    Each socket is asked for its own namespace (SIOCGSKNS on a duplicate
+    pidfd_getfd takes): a process's threads, or the process itself after a
+    setns(), may be in another namespace than the one its socket was made in.
+    Raises OSError if the process is gone or its fds cannot be read.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found: list[Held] = []
+    seen: set[int] = set()
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue
+            if not link.startswith("socket:["):
+                continue
+            inode = int(link[8:-1])
+            if inode in seen:
+                continue
+            seen.add(inode)
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue
+            with socket.socket(fileno=fd) as sock:
+                if sock.family != family or sock.type != socket.SOCK_STREAM:
+                    continue
+                try:
+                    local, peer = sock.getsockname(), sock.getpeername()
+                except OSError:
+                    continue
+                if local[1] != port or local[:2] != peer[:2]:
+                    continue
+                found.append(Held(inode, fcntl.ioctl(sock.fileno(), SIOCGSKNS)))
+    except BaseException:
+        for held in found:
+            os.close(held.netns_fd)
+        raise
+    finally:
+        os.close(pidfd)
+    return found
 
 
 @contextlib.contextmanager
