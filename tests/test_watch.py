@@ -511,3 +511,84 @@ def test_reset_of_a_socket_made_in_another_namespace_ends_nothing_it_cannot_conf
     result, seen = two_namespaces("setns")
     assert {"deliberate": True, "accidental": True} == {k: result[k] for k in ("deliberate", "accidental")}
     assert [r for r in seen if "could not confirm the socket" in r.get("reset", "")], seen
+
+
+# argv: N, HOLD, ABORTS. ABORTS aborted ordinary connections, then N self-connects on PORT,
+# PORT+1..., held open for HOLD seconds; prints their wall-clock times.
+HELD = r"""
+import json, os, socket, struct, sys, time
+os.system("ip link set lo up")
+server = socket.socket()
+server.bind(("127.0.0.1", 5000))
+server.listen(512)
+for _ in range(int(sys.argv[3])):  # aborts first: events the filter passes, ahead in the buffer
+    c = socket.create_connection(("127.0.0.1", 5000))
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    server.accept()[0].close()
+held = []
+for i in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_IP, 51, struct.pack("I", (PORT + i) | (PORT + i) << 16))  # IP_LOCAL_PORT_RANGE
+    before = time.time()
+    s.connect(("127.0.0.1", PORT + i))
+    held.append((s, (before + time.time()) / 2))
+print(json.dumps({"pid": os.getpid(), "times": [t for _, t in held]}), flush=True)
+time.sleep(float(sys.argv[2]))
+""".replace("PORT", str(PORT))
+
+
+def held_self_connects(n: int, hold: float, aborts: int = 0) -> dict[str, Any]:
+    argv = ["unshare", "-n", sys.executable, "-c", HELD, str(n), str(hold), str(aborts)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def stopped_while_buffered(watch: Watch, n: int, sig: signal.Signals) -> tuple[dict[str, Any], str]:
+    """Make *n* self-connects while the watcher is stopped, behind pages of other events in its buffer, then *sig*."""
+    watch.process.send_signal(signal.SIGSTOP)
+    try:
+        result = held_self_connects(n, 0, 300)
+        watch.process.send_signal(sig)
+    finally:
+        watch.process.send_signal(signal.SIGCONT)
+    out, err = watch.process.communicate(timeout=30)
+    assert 0 == watch.process.returncode, err
+    return result, out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_events_buffered_at_the_stop_are_read_and_reported_with_a_summary(sig: signal.Signals) -> None:
+    """The stop arrives with a self-connect's event still in the kernel's buffer: it is read, then the summary."""
+    require_namespaces()
+    result, out = stopped_while_buffered(Watch(), 1, sig)
+    lines = json_lines(out)
+    assert "summary" in lines[-1]
+    assert [PORT] == [r["port"] for r in lines[:-1] if r["pid"] == result["pid"]], out
+
+
+def test_count_reports_exactly_that_many() -> None:
+    """--count 1 with two self-connects read together: one is reported, and the summary counts one."""
+    require_namespaces()
+    _, out = stopped_while_buffered(Watch("--count", "1"), 2, signal.SIGCONT)
+    lines = json_lines(out)
+    assert 1 == len(lines[:-1]) == lines[-1]["self_connects"], out
+
+
+def test_times_are_the_wall_clocks_to_the_millisecond() -> None:
+    """Each report's time is when its program connected, on the wall clock (not seconds of one clock, ms of another)."""
+    require_namespaces()
+    watch = Watch()
+    times = []
+    for _ in range(3):
+        result = held_self_connects(1, 0)
+        times.append((result["pid"], result["times"][0]))
+        time.sleep(0.37)
+    reports, _ = watch.stop()
+    for pid, wall in times:
+        [report] = [r for r in reports if r["pid"] == pid]
+        seen = time.mktime(time.strptime(report["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        seen += int(report["time"][20:23]) / 1000
+        assert abs(seen - wall) < 0.05, (report["time"], wall)
