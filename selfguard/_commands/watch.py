@@ -195,7 +195,7 @@ class Watcher:
     def _netns(self, pid: int, tid: int) -> Optional[int]:
         netns = _netns(pid, tid)
         if netns is None:  # gone: what it was when last seen, if it was
-            return self._namespaces.get(tid, self._namespaces.get(pid))
+            return self._namespaces.get(tid)  # never the process's: the thread may have been elsewhere
         if len(self._namespaces) > 4096:
             self._namespaces.clear()
             self._cgroups.clear()
