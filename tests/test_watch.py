@@ -589,3 +589,40 @@ def test_times_are_the_wall_clocks_to_the_millisecond() -> None:
         seen = time.mktime(time.strptime(report["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
         seen += int(report["time"][20:23]) / 1000
         assert abs(seen - wall) < 0.05, (report["time"], wall)
+
+
+# Two IPv6 sockets, [::1]:PORT and [fd00::5]:PORT, dial each other: a simultaneous open of two
+# sockets, with the same port at both ends, that is no self-connect.
+TWO_SOCKETS_V6 = r"""
+import json, os, socket, time
+os.system("ip link set lo up; ip -6 route add fd00::5/128 dev lo")
+a = socket.socket(socket.AF_INET6)
+a.bind(("::1", PORT))
+a.setblocking(False)
+try:
+    a.connect(("fd00::5", PORT))  # its SYN goes nowhere: it waits in SYN_SENT
+except BlockingIOError:
+    pass
+time.sleep(0.2)
+b = socket.socket(socket.AF_INET6)
+b.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND
+b.bind(("fd00::5", PORT))
+b.setblocking(False)
+try:
+    b.connect(("::1", PORT))  # its SYN meets a's SYN_SENT: a simultaneous open
+except BlockingIOError:
+    pass
+time.sleep(1.0)
+print(json.dumps({"pid": os.getpid()}), flush=True)
+""".replace("PORT", str(PORT))
+
+
+def test_an_ipv6_simultaneous_open_of_two_sockets_is_not_a_self_connect() -> None:
+    """[::1]:P and [fd00::5]:P meet in a simultaneous open: the ports match, the addresses do not: not reported."""
+    require_namespaces()
+    watch = Watch()
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", TWO_SOCKETS_V6], capture_output=True, text=True)
+    assert 0 == done.returncode, done.stderr
+    reports, _ = watch.stop()
+    pid = json.loads(done.stdout.splitlines()[-1])["pid"]
+    assert [] == [r for r in reports if r["pid"] == pid], json.dumps(reports)

@@ -51,18 +51,24 @@ class Found:
     port: int
     inode: int
     cookie: tuple[int, int]
+    peer: str = ""
 
 
 @dataclass(frozen=True)
 class Held:
-    """A self-connected socket a process holds: its inode, and an fd (the caller's to close) to its own namespace."""
+    """A socket a process holds, connected from a port to the same port: its inode, addresses, own namespace.
+
+    netns_fd (an fd to the socket's namespace, the caller's to close) is -1 unless asked for.
+    """
 
     inode: int
     netns_fd: int
+    address: str
+    peer: str
 
 
-def held_by(pid: int, family: int, port: int) -> list[Held]:
-    """The TCP sockets of *family* process *pid* holds that are connected from *port* to itself.
+def held_by(pid: int, family: int, port: int, namespaces: bool = True) -> list[Held]:
+    """The TCP sockets of *family* process *pid* holds that are connected from *port* to *port* (any addresses).
 
     Each socket is asked for its own namespace (SIOCGSKNS on a duplicate
     pidfd_getfd takes): a process's threads, or the process itself after a
@@ -95,12 +101,14 @@ def held_by(pid: int, family: int, port: int) -> list[Held]:
                     local, peer = sock.getsockname(), sock.getpeername()
                 except OSError:
                     continue
-                if local[1] != port or local[:2] != peer[:2]:
+                if local[1] != port or peer[1] != port:
                     continue
-                found.append(Held(inode, fcntl.ioctl(sock.fileno(), SIOCGSKNS)))
+                netns_fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS) if namespaces else -1
+                found.append(Held(inode, netns_fd, local[0], peer[0]))
     except BaseException:
         for held in found:
-            os.close(held.netns_fd)
+            if held.netns_fd >= 0:
+                os.close(held.netns_fd)
         raise
     finally:
         os.close(pidfd)
@@ -165,6 +173,11 @@ def _address(family: int, raw: bytes) -> str:
 
 def self_connected(netns: str, family: int, port: int, states: int = 1 << TCP_ESTABLISHED) -> list[Found]:
     """The TCP sockets of *family* in *netns*, in *states* (a bit mask), connected from *port* to *port*."""
+    return [f for f in port_pairs(netns, family, port, states) if f.address == f.peer]
+
+
+def port_pairs(netns: str, family: int, port: int, states: int) -> list[Found]:
+    """The TCP sockets of *family* in *netns*, in *states* (a bit mask), from *port* to *port*, any addresses."""
     with _netlink_in(netns) as sock:
         sock.sendall(_request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, states, bytes(48)))
         found = []
@@ -174,8 +187,8 @@ def self_connected(netns: str, family: int, port: int, states: int = 1 << TCP_ES
             sport, dport, src, dst = SOCKID.unpack_from(payload, MSG_HEAD.size)
             _, cookie0, cookie1 = SOCKID_TAIL.unpack_from(payload, MSG_HEAD.size + SOCKID.size)
             inode = MSG_TAIL.unpack_from(payload, MSG_HEAD.size + SOCKID.size + SOCKID_TAIL.size)[4]
-            if sport == dport == port and src == dst:
-                found.append(Found(_address(family, src), port, inode, (cookie0, cookie1)))
+            if sport == dport == port:
+                found.append(Found(_address(family, src), port, inode, (cookie0, cookie1), _address(family, dst)))
         return found
 
 
