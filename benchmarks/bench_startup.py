@@ -1,6 +1,6 @@
 """Interpreter start-up cost of selfguard's sitecustomize, measured side by side in one run.
 
-Run: python benchmarks/bench_startup.py [--runs N]
+Run: python benchmarks/bench_startup.py [--runs N] [--clock cpu|wall]
 
 Each round starts one interpreter per case, always in the same order; a
 case's extra cost is its figure minus the plain interpreter's in the same
@@ -18,9 +18,21 @@ as a wide spread rather than as a wrong figure.
   running it) and socket (with the stand-ins going on), without the noise of
   process start-up.
 - The first connect, where the sitecustomize installs the guard, timed from
-  inside the process (perf_counter around the statements, which keeps the
-  noise of process start-up out): in all, then split into importing wrapt
-  (imported explicitly first) and selfguard's own import and install().
+  inside the process (around the statements, which keeps the noise of process
+  start-up out): in all, then split into importing wrapt (imported explicitly
+  first) and selfguard's own import and install().
+
+--clock cpu (the default, as in bench_connect.py) counts CPU time: each
+interpreter's user + system time from the kernel's accounting of the child
+(wait4), and time.process_time() inside. On a machine others share, wall time
+also counts the time a process waited for a CPU, which can drown a fraction of a
+millisecond; CPU time mostly does not. --clock wall times process start to
+exit, and perf_counter() inside. -X importtime reports wall time either way.
+
+Run it with the interpreter of a regular install (`pip install .`), not an
+editable one: an editable install's import finder loads pathlib and more at
+every start-up, which hides part of wrapt's import cost. The header says which
+it measured.
 
 A benchmark, not a test: it fails only if it cannot run.
 """
@@ -31,6 +43,7 @@ import argparse
 import os
 import py_compile
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -47,30 +60,38 @@ TARGET_OWN_FIRST_CONNECT_MS = 3.0
 FIRST_CONNECT = """
 import time
 import socket
-t0 = time.perf_counter()
+t0 = time.{clock}()
 socket.socket().connect_ex(("127.0.0.1", 1))
-print(time.perf_counter() - t0)
+print(time.{clock}() - t0)
 """
 WRAPT_THEN_FIRST_CONNECT = """
 import time
 import socket
-t0 = time.perf_counter()
+t0 = time.{clock}()
 import wrapt
-t1 = time.perf_counter()
+t1 = time.{clock}()
 socket.socket().connect_ex(("127.0.0.1", 1))
-print(t1 - t0, time.perf_counter() - t1)
+print(t1 - t0, time.{clock}() - t1)
 """
+# The clock inside the interpreters, per --clock.
+INSIDE_CLOCK = {"cpu": "process_time", "wall": "perf_counter"}
 
 
-def _run(code: str, env: dict[str, str]) -> tuple[float, list[float]]:
-    """Start an interpreter running *code*: the wall time from start to exit, and the figures it printed.
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(code: str, env: dict[str, str], clock: str) -> tuple[float, list[float]]:
+    """Start an interpreter running *code*: its time (CPU or wall, per *clock*), and the figures it printed.
 
     With PYTHONPROFILEIMPORTTIME set, the figures are the cumulative import
     times (seconds) of sitecustomize and socket, from -X importtime's report.
     """
-    started = time.perf_counter()
+    # One child at a time, reaped by subprocess.run: the children's CPU time grows by exactly its own.
+    started, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started if clock == "wall" else _children_cpu() - cpu
     if "PYTHONPROFILEIMPORTTIME" not in env:
         return elapsed, [float(field) for field in done.stdout.split()]
     # "import time: self [us] | cumulative | imported package"; a failed search is reported too.
@@ -89,10 +110,31 @@ def _spread(values: list[float]) -> str:
     return f"{median:+7.2f} ms   [{q1:+6.2f} .. {q3:+6.2f}]   [{ms[0]:+6.2f} .. {ms[-1]:+6.2f}]"
 
 
+def _how_installed() -> str:
+    """Where selfguard is imported from, and whether that is an editable install (which skews start-up)."""
+    import json
+    from importlib import metadata
+
+    import selfguard
+
+    try:
+        direct = metadata.distribution("selfguard").read_text("direct_url.json")
+        editable = bool(direct and json.loads(direct).get("dir_info", {}).get("editable"))
+    except metadata.PackageNotFoundError:
+        return f"selfguard from {os.path.dirname(selfguard.__file__)} (not installed: a clone on sys.path)"
+    how = "EDITABLE install: its finder skews start-up, measure a `pip install .`" if editable else "regular install"
+    return f"selfguard from {os.path.dirname(selfguard.__file__)} ({how})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30, help="rounds (default: 30)")
+    parser.add_argument(
+        "--clock", choices=sorted(INSIDE_CLOCK), default="cpu", help="cpu: CPU time (default); wall: elapsed time"
+    )
     args = parser.parse_args()
+    first_connect = FIRST_CONNECT.format(clock=INSIDE_CLOCK[args.clock])
+    wrapt_then_first_connect = WRAPT_THEN_FIRST_CONNECT.format(clock=INSIDE_CLOCK[args.clock])
 
     work = tempfile.mkdtemp(prefix="selfguard-bench-")
     try:
@@ -119,13 +161,13 @@ def main() -> None:
             "importtime": ("import socket", dict(plain, PYTHONPROFILEIMPORTTIME="1")),
             "importtime, cached": ("import socket", dict(with_cached, PYTHONPROFILEIMPORTTIME="1")),
             "importtime, uncached": ("import socket", dict(with_uncached, PYTHONPROFILEIMPORTTIME="1")),
-            "connect": (FIRST_CONNECT, plain),
-            "connect, cached": (FIRST_CONNECT, with_cached),
-            "wrapt, connect": (WRAPT_THEN_FIRST_CONNECT, plain),
-            "wrapt, connect, cached": (WRAPT_THEN_FIRST_CONNECT, with_cached),
+            "connect": (first_connect, plain),
+            "connect, cached": (first_connect, with_cached),
+            "wrapt, connect": (wrapt_then_first_connect, plain),
+            "wrapt, connect, cached": (wrapt_then_first_connect, with_cached),
         }
         for code, env in cases.values():
-            _run(code, env)  # warm the page cache
+            _run(code, env, args.clock)  # warm the page cache
         wall: dict[str, list[float]] = {name: [] for name in cases}
         inside: dict[str, list[list[float]]] = {name: [] for name in cases}
         order = list(cases)
@@ -133,7 +175,7 @@ def main() -> None:
             random.shuffle(order)  # no case always runs just after another
             for name in order:
                 code, env = cases[name]
-                elapsed, printed = _run(code, env)
+                elapsed, printed = _run(code, env, args.clock)
                 wall[name].append(elapsed)
                 inside[name].append(printed)
     finally:
@@ -158,8 +200,11 @@ def main() -> None:
         ("  importing wrapt", [printed[0] for printed in inside["wrapt, connect"]]),
         ("  selfguard's own: import and install()", own),
     ]
-    print(f"Python {sys.version.split()[0]}, wrapt {wrapt.__version__}, {args.runs} rounds")
-    print(f"plain `python -c pass`: {statistics.median(wall['pass']) * 1000:.1f} ms (median)\n")
+    what = "CPU time (user + system)" if args.clock == "cpu" else "wall-clock time"
+    print(f"Python {sys.version.split()[0]}, wrapt {wrapt.__version__}, {args.runs} rounds, {what}")
+    print(_how_installed())
+    print(f"plain `python -c pass`: {statistics.median(wall['pass']) * 1000:.1f} ms (median)")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print(f"{'extra cost of the sitecustomize':<42} {'median':>10}   {'quartiles':<17}   min .. max")
     for label, values in rows:
         print(f"{label:<42} {_spread(values)}")

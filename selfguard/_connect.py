@@ -11,7 +11,7 @@ import time
 from ._detect import kind, port_of, self_connected
 from ._errors import SelfConnectError
 from ._nonblocking import connected_without_blocking
-from ._policy import Action, on_addrnotavail, on_self_connect, retrying
+from ._policy import Action, on_addrnotavail, on_self_connect, retried, retrying
 from ._state import in_range, remember, state
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -166,11 +166,13 @@ def _retry(
     """
     deadline = None if timeout is None else _monotonic() + timeout
     attempt = 1
+    met_itself = False  # for the one log line: did any attempt connect to itself?
     try:
         while True:
             remaining = None if deadline is None else deadline - _monotonic()
             can_retry = remaining is None or remaining >= MIN_RETRY_BUDGET
             if isinstance(found, tuple):
+                met_itself = True
                 action = on_self_connect(sock, found, address, api, attempt, can_retry)
                 if action is Action.REFUSE:
                     return _fail(errno.ECONNREFUSED if api == "connect_ex" else SelfConnectError(address, attempt))
@@ -180,6 +182,8 @@ def _retry(
             elif on_addrnotavail(sock, port, address, api, attempt, can_retry) is Action.RETRY:
                 reason = "EADDRNOTAVAIL"
             else:
+                if attempt > 1:
+                    retried(api, address, attempt, met_itself, found)
                 return _fail(found)
             attempt += 1
             retrying(api, address, attempt, reason)
@@ -191,11 +195,13 @@ def _retry(
             if found == 0:
                 local = self_connected(sock, port)
                 if local is None:
+                    retried(api, address, attempt, met_itself, 0)
                     return 0
                 found = local
             elif _errno(found) != _EADDRNOTAVAIL:
                 if _errno(found) == _EINPROGRESS:
                     _started(sock)
+                retried(api, address, attempt, met_itself, found)
                 return _fail(found)
     finally:
         if timeout is not None and attempt > 1:

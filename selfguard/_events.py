@@ -6,6 +6,7 @@ import _thread
 import collections
 import itertools
 import os
+import time
 
 from . import _native  # os only: ctypes waits for the first question about the native guard
 from ._errors import format_address
@@ -126,11 +127,12 @@ def reset_stats() -> None:
 
 
 def forget() -> None:
-    """Drop every listener and forget which faults were logged (for tests: see selfguard.testing.reset)."""
+    """Drop every listener, forget logged faults, refill the log's rate limit (for tests: selfguard.testing.reset)."""
     global _listeners
     with _lock:
         _listeners = ()
         _logged_once.clear()
+        _bucket[:] = [float(LOG_BURST), 0.0, 0]
 
 
 def add_listener(fn: Listener) -> None:
@@ -215,34 +217,81 @@ def _deliver(event: Event, report_errors: bool) -> None:
 
 
 def _log(event: Event) -> None:
-    if event.kind == "self_connect":
-        logger().warning(
-            "self-connect: %s connected to itself (%s, attempt %d)",
-            format_address(event.local),
-            event.api,
-            event.attempt,
-        )
-    elif event.kind == "gave_up":
-        logger().warning(
-            "gave up on %s after %d self-connect(s): reported as connection refused",
-            format_address(event.remote),
-            event.attempt,
-        )
-    elif event.kind == "relented":
-        logger().warning(
-            "relented: returning a socket connected to itself, %s, after %d self-connect(s)",
-            format_address(event.remote),
-            event.attempt,
-        )
-    elif logger().isEnabledFor(10):  # logging.DEBUG
+    # Each attempt's event is a detail, at DEBUG: the operator's line is the
+    # one settled() logs when the connect is over.
+    if logger().isEnabledFor(10):  # logging.DEBUG
         logger().debug(
             "%s: %s (%s, attempt %d) %s",
             event.kind,
-            format_address(event.remote),
+            format_address(event.remote if event.local is None else event.local),
             event.api,
             event.attempt,
             event.detail,
         )
+
+
+# The log of a self-connect storm (a reconnect loop in a namespace whose port
+# range was narrowed: 2,000 dials, 8,000 WARNINGs before) is held to a token
+# bucket: LOG_BURST lines at once, then one every LOG_INTERVAL seconds. A line
+# let through says how many were held back before it. Counters and listeners
+# see every event; only the log is limited.
+LOG_BURST = 10
+LOG_INTERVAL = 6.0
+_bucket = [float(LOG_BURST), 0.0, 0]  # tokens, time of the last refill, lines held back
+
+
+def _let_through(now: float) -> int:
+    """-1 if the rate limit holds this line back, else how many lines it held back before it."""
+    with _lock:  # re-entrant: a signal handler that connects mid-update takes it again
+        tokens = min(float(LOG_BURST), _bucket[0] + (now - _bucket[1]) / LOG_INTERVAL)
+        _bucket[1] = now
+        if tokens < 1.0:
+            _bucket[0] = tokens
+            _bucket[2] += 1
+            return -1
+        _bucket[0] = tokens - 1.0
+        held, _bucket[2] = _bucket[2], 0
+        return int(held)
+
+
+def settled(api: str, address: Any, attempts: int, outcome: str, what: str, self_connect: bool = True) -> None:
+    """Log the one line for a connect the guard handled, once its outcome is known.
+
+    *outcome* is a word a structured logger can group by ("gave_up",
+    "relented", "handed_back", "connected", "failed", "in_progress"); *what* says it to a
+    person. A connect that met a self-connect is a WARNING; one that only
+    retried a spurious EADDRNOTAVAIL is a DEBUG line. The fields are also
+    given as `extra=` (selfguard_api, selfguard_address, selfguard_attempts,
+    selfguard_outcome, selfguard_held_back).
+    """
+    level = 30 if self_connect else 10  # logging.WARNING, logging.DEBUG
+    try:
+        log = logger()
+        if not log.isEnabledFor(level):
+            return
+        held = _let_through(time.monotonic())
+        if held < 0:
+            return
+        where = format_address(address)
+        note = f" [{held} similar line(s) held back before this one]" if held else ""
+        log.log(
+            level,
+            "%s: %s (%s) %s%s",
+            "self-connect" if self_connect else "EADDRNOTAVAIL",
+            where,
+            api,
+            what,
+            note,
+            extra={
+                "selfguard_api": api,
+                "selfguard_address": where,
+                "selfguard_attempts": attempts,
+                "selfguard_outcome": outcome,
+                "selfguard_held_back": held,
+            },
+        )
+    except Exception:  # a broken handler or formatter; nothing to log it with
+        pass
 
 
 def _after_fork_in_child() -> None:

@@ -17,7 +17,7 @@ import socket
 
 from ._detect import call_as_the_stdlib, kind, port_of, self_connected
 from ._errors import SelfConnectError
-from ._policy import Action, on_self_connect, retrying
+from ._policy import Action, on_self_connect, retried, retrying
 from ._state import in_range, state
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -50,10 +50,17 @@ def make_send_wrapper(api: str) -> Callable[..., Any]:
         # by the SO_ERROR read that completes it.
         state.pending.add(instance)
         while True:
-            result = wrapped(*args)  # a refused connect raises here, as the stdlib's
+            try:
+                result = wrapped(*args)  # a refused connect raises here, as the stdlib's
+            except OSError as exc:
+                if attempt > 1:
+                    retried(api, address, attempt, True, exc)  # a retry ended it: its one log line
+                raise
             state.pending.discard(instance)
             local = self_connected(instance, port)
             if local is None:
+                if attempt > 1:
+                    retried(api, address, attempt, True, 0)
                 return result
             action = on_self_connect(instance, local, address, api, attempt, can_retry=True)
             if action is Action.HAND_BACK:

@@ -6,7 +6,7 @@ import errno
 
 from ._detect import port_of, self_connected
 from ._errors import SelfConnectError
-from ._policy import Action, on_addrnotavail, on_self_connect, retrying
+from ._policy import Action, on_addrnotavail, on_self_connect, retried, retrying
 from ._state import in_range, state
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -46,29 +46,37 @@ async def sock_connect(
     token = state.delegated.set(True)
     try:
         attempt = 1
+        met_itself = False  # for the one log line: did any attempt connect to itself?
         while True:
             try:
                 await wrapped(sock, address)
             except OSError as exc:
-                if exc.errno != errno.EADDRNOTAVAIL:
-                    raise
-                if on_addrnotavail(sock, port, address, API, attempt, can_retry=True) is not Action.RETRY:
+                if exc.errno != errno.EADDRNOTAVAIL or (
+                    on_addrnotavail(sock, port, address, API, attempt, can_retry=True) is not Action.RETRY
+                ):
+                    if attempt > 1:
+                        retried(API, address, attempt, met_itself, exc)
                     raise
                 reason = "EADDRNOTAVAIL"
-            except BaseException:
+            except BaseException as exc:
                 # Cancelled (a timeout, a happy-eyeballs race lost) just as the
                 # connect completed: a self-connected socket closed as it is
                 # would keep the server's port in TIME_WAIT. Nobody will retry.
                 local = self_connected(sock, port) if in_range(port, sock) else None
                 if local is not None:
                     on_self_connect(sock, local, address, API, attempt, can_retry=False)
+                elif attempt > 1:
+                    retried(API, address, attempt, met_itself, exc)
                 raise
             else:
                 if not in_range(port, sock):
                     return None  # a kernel-picked port never equals one outside the range
                 local = self_connected(sock, port)
                 if local is None:
+                    if attempt > 1:
+                        retried(API, address, attempt, met_itself, 0)
                     return None
+                met_itself = True
                 action = on_self_connect(sock, local, address, API, attempt, can_retry=True)
                 if action is Action.REFUSE:
                     raise SelfConnectError(address, attempt)

@@ -71,7 +71,53 @@ def on_self_connect(sock: Any, local: Any, address: Any, api: str, attempt: int,
         remember(state.handed_back, sock)
     for kind in kinds:
         _events.publish(Event(kind, api, local, address, attempt))
+    if action is not Action.RETRY:
+        _settle_self_connect(api, address, attempt, mode, kinds[-1])
     return action
+
+
+def _settle_self_connect(api: str, address: Any, attempt: int, mode: str, last_kind: str) -> None:
+    """The one log line of a connect whose self-connect the policy ended (gave up, handed back)."""
+    attempts = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+    if last_kind == "gave_up":
+        outcome, what = "gave_up", f"gave up after {attempts}: reported as connection refused"
+    elif last_kind == "relented":
+        outcome, what = "relented", f"relented after {attempts}: handed back connected to itself (mode relent)"
+    elif mode == "observe":
+        outcome, what = "handed_back", "handed back as it is (mode observe)"
+    else:
+        outcome, what = "handed_back", f"handed back on attempt {attempt}: the reset failed (a fault)"
+    _events.settled(api, address, attempt, outcome, f"connected to itself; {what}")
+
+
+def retried(api: str, address: Any, attempt: int, self_connect: bool, result: Any) -> None:
+    """Log the one line of a connect whose retry, attempt *attempt*, ended it: *result* is 0 or its error.
+
+    *self_connect*: whether an earlier attempt connected to itself (else
+    every retry was for a spurious EADDRNOTAVAIL, which is logged at DEBUG).
+    """
+    name = "" if result == 0 else _error_name(result)
+    if result == 0:
+        outcome, end = "connected", "connected"
+    elif name == "EINPROGRESS":  # a socket non-blocking below Python: checked when it completes
+        outcome, end = "in_progress", "is in progress, checked when it completes"
+    else:
+        outcome, end = "failed", f"failed: {name}"
+    if self_connect:
+        what = f"connected to itself; reset and retried: attempt {attempt} {end}"
+    else:
+        what = f"retried: attempt {attempt} {end}"
+    _events.settled(api, address, attempt, outcome, what, self_connect)
+
+
+def _error_name(error: Any) -> str:
+    """ECONNREFUSED for an errno or an OSError carrying it; the exception's type otherwise (a timeout, a cancel)."""
+    import errno
+
+    number = error if isinstance(error, int) else getattr(error, "errno", None)
+    if isinstance(number, int) and number in errno.errorcode:
+        return errno.errorcode[number]
+    return type(error).__name__
 
 
 def on_addrnotavail(sock: Any, port: int, address: Any, api: str, attempt: int, can_retry: bool) -> Action:

@@ -24,7 +24,7 @@ import ssl as _ssl
 
 from ._detect import port_of, self_connected
 from ._errors import SelfConnectError
-from ._policy import Action, on_self_connect, retrying
+from ._policy import Action, on_self_connect, retried, retrying
 from ._state import in_range, state
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -166,11 +166,18 @@ async def _through_gate(
 ) -> Any:
     """Connect through the gate until the policy is satisfied; then TLS, if asked for."""
     while True:
-        transport, _ = await wrapped(*args, **kwargs)
+        try:
+            transport, _ = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            if gate.attempt > 1:
+                retried(API, gate.address, gate.attempt, True, exc)  # a retry ended it: its one log line
+            raise
         action = gate.action
         if action is Action.REFUSE:
             raise SelfConnectError(gate.address, gate.attempt)
         if action is not Action.RETRY:
+            if action is None and gate.attempt > 1:
+                retried(API, gate.address, gate.attempt, True, 0)
             break
         retrying(API, gate.address, gate.attempt + 1, "self-connect")
     if not tls:

@@ -1,7 +1,8 @@
-"""The pytest plugin: --selfguard guards a whole test session; fixtures record events and force self-connects."""
+"""The pytest plugin: --selfguard guards a session, the selfguard marker one test; fixtures record and force."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional
 
@@ -19,6 +20,20 @@ if TYPE_CHECKING:
 # remove it. (A module global rather than config.stash, which needs pytest 7:
 # this plugin loads wherever selfguard is installed, whatever the pytest.)
 _installed_here = False
+# How to undo what a `selfguard` marker did for the test running now.
+_undo_marker: Optional[Callable[[], Any]] = None
+# Whether a test with the marker ran in this process: its counts are summarised too.
+_marker_ran = False
+# The counters of pytest-xdist's workers, summed as each one finishes (controller only).
+_workers_stats: dict[str, int] = {}
+
+MARKER = (
+    "selfguard(**options): guard this test against TCP self-connects (without --selfguard); "
+    "options as for selfguard.install(), e.g. mode='observe', retries=0"
+)
+# pytest's own truth values for a "bool" ini key, which it rejects without naming the key.
+_TRUE = ("y", "yes", "t", "true", "on", "1")
+_FALSE = ("n", "no", "f", "false", "off", "0")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,18 +51,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="selfguard",
         help="do not install selfguard, even if the 'selfguard' ini key says so",
     )
-    parser.addini("selfguard", type="bool", default=False, help="install selfguard for the whole test session")
+    # Read as text and judged here: pytest's type="bool" says "invalid truth value" without the key.
+    parser.addini("selfguard", default="false", help="install selfguard for the whole test session (true/false)")
+
+
+def _ini_wanted(config: pytest.Config) -> bool:
+    raw = config.getini("selfguard")
+    text = raw.strip().lower() if isinstance(raw, str) else str(raw).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE or not text:
+        return False
+    where = f" in {config.inipath}" if getattr(config, "inipath", None) else ""
+    raise pytest.UsageError(
+        f"Invalid value {raw!r} for the 'selfguard' ini key{where}: expected true or false (or 1/0, yes/no, on/off)"
+    )
 
 
 def _wanted(config: pytest.Config) -> bool:
     # The command line wins over the ini file.
     option: Optional[bool] = config.getoption("selfguard")
-    return bool(config.getini("selfguard")) if option is None else option
+    return _ini_wanted(config) if option is None else option
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _installed_here
-    _installed_here = False
+    global _installed_here, _marker_ran
+    _installed_here = _marker_ran = False
+    _workers_stats.clear()
+    config.addinivalue_line("markers", MARKER)
     if not _wanted(config):
         return
     import selfguard
@@ -68,6 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # the call, and what is left of the teardown once a fixture's finalizers ran.
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    _guard_if_marked(item)
     _reassert(item.config)
 
 
@@ -85,8 +117,13 @@ def pytest_fixture_post_finalizer(fixturedef: Any, request: pytest.FixtureReques
     _reassert(request.config)
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> Iterator[None]:
+    global _undo_marker
+    yield  # every plugin's teardown ran, and the fixtures' finalizers, under a marked test's guard
+    undo, _undo_marker = _undo_marker, None
+    if undo is not None:
+        undo()
     _reassert(item.config)
 
 
@@ -120,12 +157,60 @@ def pytest_report_header(config: pytest.Config) -> Optional[str]:
     return "selfguard: requested, but not installed (SELFGUARD is off in the environment)"
 
 
+def _guard_if_marked(item: pytest.Item) -> None:
+    """Guard a test marked `selfguard` (with its options) from its fixtures' set-up to their teardown."""
+    global _undo_marker, _marker_ran
+    marker = item.get_closest_marker("selfguard")
+    if marker is None:
+        return
+    import selfguard
+    from selfguard import testing
+
+    if marker.args:
+        raise TypeError(f"the selfguard marker takes keyword options only (mode=..., retries=...), got {marker.args!r}")
+    _marker_ran = True
+    status, before = selfguard.status(), testing.options()
+    if status != "off" and not marker.kwargs:
+        return  # guarded already (--selfguard, a sitecustomize), with options of its own
+    # install() checks the options and raises naming a bad one: the test errors in set-up.
+    if not selfguard.install(**marker.kwargs):
+        return  # SELFGUARD=0 in the environment: the operator's switch wins here too
+    # Undone after teardown: off again, or the options in force before this test (a
+    # sitecustomize's stand-ins, once replaced, come back as the guard they stood for).
+    if status == "off":
+        _undo_marker = selfguard.uninstall
+    elif before is None:
+        _undo_marker = selfguard.install
+    else:
+        _undo_marker = functools.partial(selfguard.install, **before._asdict())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # A pytest-xdist worker: hand the counters to the controller, which writes the summary.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and (_wanted(session.config) or _marker_ran):
+        import selfguard
+
+        workeroutput["selfguard_stats"] = selfguard.stats()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    # pytest-xdist's controller, as each worker finishes: sum what its tests saw.
+    counts = getattr(node, "workeroutput", {}).get("selfguard_stats")
+    if counts:
+        for name, value in counts.items():
+            _workers_stats[name] = _workers_stats.get(name, 0) + value
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if not _wanted(config):
+    if not (_wanted(config) or _marker_ran or _workers_stats):
         return
     import selfguard
 
     counts = selfguard.stats()
+    for name, value in _workers_stats.items():
+        counts[name] = counts.get(name, 0) + value
     if counts["self_connects"]:
         terminalreporter.write_line(
             "selfguard: {self_connects} self-connect(s) caught, {retries} retried, {gave_up} given up "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import struct
@@ -12,6 +13,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 import selfguard
+from selfguard.__main__ import main as selfguard_main
 from selfguard.testing import can_force_self_connect
 
 ON_CI = bool(os.environ.get("CI"))
@@ -159,3 +161,33 @@ def under_sitecustomize(
         text=True,
         timeout=60,
     )
+
+
+class _Parsed(Exception):
+    """Raised in place of parsing: main() has built its parser, which is all the check needs."""
+
+
+def selfguard_parser(monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The `selfguard` parser exactly as main() builds it, every command registered."""
+    built: list[argparse.ArgumentParser] = []
+
+    def capture(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        built.append(self)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(_Parsed):
+        selfguard_main(["repro"])
+    monkeypatch.undo()
+    return built[0]
+
+
+def commands_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def options_of(parser: argparse.ArgumentParser) -> set[str]:
+    return {option for action in parser._actions for option in action.option_strings}

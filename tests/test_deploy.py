@@ -103,22 +103,25 @@ def test_it_runs_in_a_debian_venv_whose_own_sitecustomize_comes_first(tmp_path: 
     assert "runs at start: yes\n" in deploy("status", "--python", python).stdout
 
 
-def test_pip_uninstall_selfguard_takes_the_bootstrap_away(tmp_path: Path):
-    """install lists the files in selfguard's RECORD there: pip uninstall removes them, and nothing is said after."""
+def test_an_upgrade_keeps_the_bootstrap_and_an_uninstall_leaves_it_silent(tmp_path: Path):
+    """A reinstall (pip uninstalls the old version first) keeps it deployed; after pip uninstall it says nothing."""
     where = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=300)
     pip = [str(where / "bin" / "python"), "-m", "pip"]
-    done = subprocess.run(
-        [*pip, "install", "--no-deps", str(ROOT)], env=clean_environ(), capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run([*pip, "install", str(ROOT)], env=clean_environ(), capture_output=True, text=True, timeout=600)
     assert 0 == done.returncode, done.stderr
     python = str(where / "bin" / "python")
     assert 0 == deploy("install", "--python", python).returncode
     site = site_of(where)
+    reinstall = [*pip, "install", "--no-deps", "--force-reinstall", str(ROOT)]
+    done = subprocess.run(reinstall, env=clean_environ(), capture_output=True, text=True, timeout=600)
+    assert 0 == done.returncode, done.stderr
     assert (site / _deploy.PTH).exists()
+    assert "runs at start: yes\n" in deploy("status", "--python", python).stdout
+    ran = python_in(where, CONNECT + "print('ran')")
+    assert ("active\nran\n", "") == (ran.stdout, ran.stderr)
     done = subprocess.run([*pip, "uninstall", "-y", "selfguard"], capture_output=True, text=True, timeout=300)
     assert 0 == done.returncode, done.stderr
-    assert not (site / _deploy.PTH).exists() and not (site / "selfguard-bootstrap").exists()
     ran = python_in(where, "import socket; socket.socket().connect_ex(('127.0.0.1', 1)); print('ran')")
     assert ("ran\n", "") == (ran.stdout, ran.stderr)
 

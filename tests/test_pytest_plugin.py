@@ -207,6 +207,93 @@ def test_with_selfguard_off_the_events_fixture_skips_with_the_reason(pytester):
     assert "SELFGUARD" in done.stdout.split("short test summary info")[-1], done.stdout
 
 
+MARKED = """
+import socket, pytest, selfguard
+from selfguard import testing
+
+PORT = {port}
+
+@pytest.mark.selfguard
+def test_marked_is_guarded(force_self_connects):
+    assert selfguard.is_installed()
+    with force_self_connects(PORT, times=3), socket.socket() as sock:
+        with pytest.raises(selfguard.SelfConnectError):
+            sock.connect(("127.0.0.1", PORT))
+
+def test_unmarked_is_not():
+    assert not selfguard.is_installed()
+
+@pytest.mark.selfguard(mode="observe", retries=0)
+def test_marked_with_options():
+    assert ("observe", 0) == testing.options()[:2]
+"""
+
+
+def test_the_marker_guards_one_test_without_the_option(pytester, free_port):
+    """@pytest.mark.selfguard installs the guard for its test only, with the marker's options; the summary counts it."""
+    require_forcing()
+    pytester.makepyfile(MARKED.format(port=free_port()))
+    result = pytester.runpytest_subprocess("--strict-markers", timeout=120)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["selfguard: 3 self-connect(s) caught, 2 retried, 1 given up*"])
+
+
+def test_the_marker_options_apply_under_the_session_guard_and_are_undone(pytester):
+    """Under --selfguard a marked test gets its own options; the next test has the session's again."""
+    pytester.makepyfile(
+        """
+        import pytest
+        from selfguard import testing
+
+        @pytest.mark.selfguard(mode="relent")
+        def test_marked():
+            assert "relent" == testing.options().mode
+
+        def test_after():
+            assert "enforce" == testing.options().mode
+        """
+    )
+    pytester.runpytest_subprocess("--selfguard", timeout=120).assert_outcomes(passed=2)
+
+
+def test_a_bad_marker_option_is_an_error_of_that_test_naming_it(pytester):
+    """mode="strict" in the marker: the test errors in set-up with install()'s message; the others run."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.selfguard(mode="strict")
+        def test_bad():
+            pass
+
+        def test_good():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(timeout=120)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*mode*strict*"])
+
+
+def test_the_summary_survives_xdist(pytester, free_port):
+    """With -n 2 the workers' counters reach the controller, which prints the summary line."""
+    require_forcing()
+    pytest.importorskip("xdist", reason="pytest-xdist is in the test extra")
+    pytester.makepyfile(SELF_CONNECT_TEST.format(port=free_port()))
+    result = pytester.runpytest_subprocess("--selfguard", "-n", "2", timeout=180)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["selfguard: 3 self-connect(s) caught, 2 retried, 1 given up*"])
+
+
+def test_a_bad_ini_value_names_the_key(pytester):
+    """`selfguard = maybe` in the ini file: a usage error naming the key and the value, not "invalid truth value"."""
+    pytester.makeini("[pytest]\nselfguard = maybe\n")
+    pytester.makepyfile(ASSERT_NOT_INSTALLED)
+    result = pytester.runpytest_subprocess(timeout=120)
+    assert pytest.ExitCode.USAGE_ERROR == result.ret
+    result.stderr.fnmatch_lines(["*Invalid value 'maybe' for the 'selfguard' ini key in *tox.ini*"])
+
+
 # Three tests, each forcing a real self-connect: each must meet the guard.
 EVERY_TEST_GUARDED = """
 import socket, pytest, selfguard

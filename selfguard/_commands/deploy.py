@@ -7,8 +7,10 @@ file compiled for that interpreter), put first on sys.path by a one-line .pth fi
 is written into site-packages: a user's own sitecustomize, or a distribution's
 earlier on sys.path (Debian's /usr/lib/python3.X/sitecustomize.py, which every
 Debian venv finds before its site-packages), stays where it is, and the bootstrap
-runs it afterwards. The files are added to selfguard's RECORD in that environment,
-so `pip uninstall selfguard` takes them away too.
+runs it afterwards. The files are not selfguard's distribution's: pip would remove
+them at every upgrade or reinstall (an uninstall of the old version), and a fleet
+would lose its guard silently. They stay until `remove`; left after an uninstall,
+the bootstrap finds no selfguard and does nothing, silently.
 
 --dir DIR writes DIR/sitecustomize.py instead, for services that put DIR on PYTHONPATH.
 """
@@ -58,8 +60,8 @@ directory of its own put first on sys.path by {PTH}, and
 compiles it for that interpreter; a sitecustomize already there (yours, or your
 distribution's) is left as it is and still runs, after selfguard's. `status`
 shows where it is deployed and whether the interpreter runs it; `remove` takes
-it away. `pip uninstall selfguard` removes it too (install lists the files in
-selfguard's RECORD there).
+it away. Upgrading or reinstalling selfguard keeps it deployed; run `remove`
+before `pip uninstall selfguard` (a bootstrap left behind does nothing, silently).
 
 --python PY chooses the interpreter (default: the one running this command).
 --dir DIR deploys DIR/sitecustomize.py instead, for services that put DIR first
@@ -129,36 +131,6 @@ def _is_ours(path: str) -> bool:
         return False
 
 
-def _record(target: Target) -> Optional[str]:
-    """selfguard's RECORD in the target's site-packages, where pip uninstall reads what to remove."""
-    if target.directory:
-        return None
-    import glob
-
-    found = sorted(glob.glob(os.path.join(target.site, "selfguard-*.dist-info", "RECORD")))
-    return found[0] if found else None
-
-
-def _ours_in_record(target: Target) -> list[str]:
-    paths = [target.file, target.compiled()] + ([target.pth] if target.pth else [])
-    return [os.path.relpath(p, target.site) for p in paths]
-
-
-def _edit_record(target: Target, add: bool) -> None:
-    record = _record(target)
-    if record is None:
-        return
-    ours = _ours_in_record(target)
-    with open(record, encoding="utf-8") as f:
-        lines = [line for line in f.read().splitlines() if line.split(",", 1)[0] not in ours]
-    if add:
-        lines += [f"{path},," for path in ours]
-    temporary = record + ".selfguard-tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(temporary, record)
-
-
 def install(target: Target, force: bool) -> int:
     version = tuple(target.facts["version"])
     if version < (3, 9):
@@ -192,7 +164,6 @@ def install(target: Target, force: bool) -> int:
                 # site runs a .pth line that starts with "import" before it imports sitecustomize.
                 f.write(f"import sys; sys.path.insert(0, {os.path.dirname(target.file)!r})\n")
             os.replace(target.pth + ".selfguard-tmp", target.pth)
-            _edit_record(target, add=True)
     except OSError as exc:
         raise CannotRun(f"cannot write the bootstrap: {exc}") from exc
     print(f"deployed: {target.file} (compiled: {target.compiled()})")
@@ -224,8 +195,6 @@ def remove(target: Target) -> int:
         for folder in (cache,) if target.directory else (cache, os.path.dirname(target.file)):
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
-        if not target.directory:
-            _edit_record(target, add=False)
     except OSError as exc:
         raise CannotRun(f"cannot remove the bootstrap: {exc}") from exc
     print("\n".join(f"removed: {path}" for path in removed) if removed else f"not deployed for {target.python}")

@@ -45,6 +45,7 @@ def _with_default_command(parser: argparse.ArgumentParser, argv: Sequence[str], 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .._version import __version__
+    from . import completion as _completion
     from . import deploy as _deploy
     from . import doctor as _doctor
     from . import repro as _repro
@@ -61,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"selfguard {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", parser_class=CommandParser)
-    for command in (_repro, _doctor, _run, _deploy, _watch):
+    for command in (_repro, _doctor, _run, _deploy, _watch, _completion):
         command.register(commands)
     args = parser.parse_args(
         _with_default_command(parser, sys.argv[1:] if argv is None else argv, list(commands.choices))
