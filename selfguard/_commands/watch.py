@@ -61,7 +61,7 @@ IDLE = 0.02
 GRACE = 0.005
 
 OUTCOMES = {
-    "caught": "a guard reset it in place and dialled again",
+    "caught": "a guard reset it in place and dialled again (or: reset in place, still alive after --settle)",
     "reset": "reset in place and closed without a new dial: a guard that gave up, or an abortive close",
     "closed": "reached the program, which closed it",
     "open": "reached the program: still connected after --settle",
@@ -581,7 +581,8 @@ def register(commands: Commands) -> None:
             "end each self-connected socket on these ports (6379,8000-8099) that no guard caught within "
             f"{GRACE * 1000:g} ms, in its own namespace (SOCK_DESTROY, as `ss -K`), or the TIME_WAIT its "
             "program's close left: the program reads ECONNABORTED if it still had it, and the server can bind "
-            "the port at once. Never a port outside the ephemeral range (bound on purpose)"
+            "the port at once. Never a port outside the ephemeral range (bound on purpose), never a socket it "
+            "cannot confirm (says why)"
         ),
     )
 
