@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -119,15 +120,27 @@ def watched(binary: str, rate: float, seconds: float, refused: bool) -> dict[str
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert watcher.stderr is not None
+    assert watcher.stderr is not None and watcher.stdout is not None
     if "watching" not in watcher.stderr.readline():
         raise SystemExit("selfguard watch could not start")
+    # Read its output while it runs: a pipe left full would block the watcher's writes,
+    # and the benchmark would measure a stalled watcher.
+    lines: list[str] = []
+    out, err = watcher.stdout, watcher.stderr
+    readers = [
+        threading.Thread(target=lambda: lines.extend(out), daemon=True),
+        threading.Thread(target=err.read, daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
     before, t0 = cpu_seconds(watcher.pid), time.monotonic()
     result = load(binary, rate, seconds, refused)
     used, elapsed = cpu_seconds(watcher.pid) - before, time.monotonic() - t0
     watcher.terminate()
-    out, _ = watcher.communicate(timeout=30)
-    events = json.loads(out.splitlines()[-1])["events"]
+    watcher.wait(timeout=30)
+    for reader in readers:
+        reader.join(timeout=30)
+    events = json.loads(lines[-1])["events"]
     result["watcher_cpu_pct"] = 100 * used / elapsed
     result["events_per_s"] = events / elapsed
     result["us_per_event"] = 1e6 * used / events if events else 0.0

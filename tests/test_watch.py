@@ -417,3 +417,212 @@ def test_a_killed_watchers_instance_is_swept_by_the_next_start() -> None:
     watch = Watch()
     watch.stop()
     assert leftover not in instances()
+
+
+# A process in namespace A, once told to go, makes an accidental self-connect on PORT in a
+# namespace B: from a thread that entered B and is gone before the watcher reads the event
+# ("thread"), or with a socket made in B by the process, which then went back to A ("setns");
+# then A also holds a deliberate self-connect on PORT (bound, then connected to itself, made
+# before the watcher starts). The kernel's event names the task, not B.
+TWO_NAMESPACES = r"""
+import ctypes, errno, json, os, socket, struct, sys, threading, time
+P, MODE = PORT, sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+os.system("ip link set lo up")
+deliberate = socket.socket()
+if MODE == "setns":
+    deliberate.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    deliberate.bind(("127.0.0.1", P))
+    deliberate.connect(("127.0.0.1", P))
+print("ready", flush=True)
+sys.stdin.readline()
+namespaces = [int(os.readlink("/proc/thread-self/ns/net")[5:-1])]
+def accidental():
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    assert libc.unshare(0x40000000) == 0
+    os.system("ip link set lo up")  # the child inherits this thread's namespace
+    namespaces.append(int(os.readlink("/proc/thread-self/ns/net")[5:-1]))
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_IP, 51, struct.pack("I", P | P << 16))  # IP_LOCAL_PORT_RANGE
+    if MODE == "setns":
+        assert libc.setns(home, 0x40000000) == 0
+    s.connect(("127.0.0.1", P))
+    return s
+if MODE == "thread":
+    held = []
+    worker = threading.Thread(target=lambda: held.append(accidental()))
+    worker.start()
+    worker.join()
+    s = held[0]
+else:
+    s = accidental()
+time.sleep(1.0)
+def alive(sock):
+    try:
+        sock.send(b"x")
+        return sock.recv(1) == b"x"
+    except OSError as exc:
+        if exc.errno in (errno.EPIPE, errno.ENOTCONN) and sock is deliberate and MODE != "setns":
+            return True  # none was made
+
+        return errno.errorcode[exc.errno]
+result = {"pid": os.getpid(), "deliberate": alive(deliberate), "accidental": alive(s), "namespaces": namespaces}
+print(json.dumps(result), flush=True)
+""".replace("PORT", str(PORT))
+
+
+def two_namespaces(mode: str) -> tuple[dict[str, Any], list[Report]]:
+    require_namespaces()
+    program = subprocess.Popen(
+        ["unshare", "-n", sys.executable, "-c", TWO_NAMESPACES, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    STARTED.append(program)
+    assert program.stdout is not None and program.stdin is not None
+    assert "ready" == program.stdout.readline().strip(), program.stderr
+    watch = Watch("--reset", str(PORT))
+    program.stdin.write("go\n")
+    program.stdin.flush()
+    out, err = program.communicate(timeout=60)
+    assert out, err
+    reports, _ = watch.stop()
+    result = json.loads(out.splitlines()[-1])
+    return result, [r for r in reports if r["pid"] == result["pid"]]
+
+
+def test_reset_ends_a_threads_self_connect_in_its_own_namespace_not_the_main_threads() -> None:
+    """A thread in namespace B self-connects: --reset ends that socket, never the main thread's namespace's."""
+    result, seen = two_namespaces("thread")
+    assert {"deliberate": True, "accidental": "ECONNABORTED"} == {k: result[k] for k in ("deliberate", "accidental")}
+    assert ["ended"] == [r["outcome"] for r in seen], seen
+    # The thread's namespace, or null when the thread was gone before the watcher read its event.
+    main, thread = result["namespaces"]
+    assert seen[0]["netns"] in (thread, None), (seen, main, thread)
+
+
+def test_reset_of_a_socket_made_in_another_namespace_ends_nothing_it_cannot_confirm() -> None:
+    """A socket made in B by a process back in A, and a deliberate one in A: --reset ends neither."""
+    result, seen = two_namespaces("setns")
+    assert {"deliberate": True, "accidental": True} == {k: result[k] for k in ("deliberate", "accidental")}
+    assert [r for r in seen if "could not confirm the socket" in r.get("reset", "")], seen
+
+
+# argv: N, HOLD, ABORTS. ABORTS aborted ordinary connections, then N self-connects on PORT,
+# PORT+1..., held open for HOLD seconds; prints their wall-clock times.
+HELD = r"""
+import json, os, socket, struct, sys, time
+os.system("ip link set lo up")
+server = socket.socket()
+server.bind(("127.0.0.1", 5000))
+server.listen(512)
+for _ in range(int(sys.argv[3])):  # aborts first: events the filter passes, ahead in the buffer
+    c = socket.create_connection(("127.0.0.1", 5000))
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    server.accept()[0].close()
+held = []
+for i in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.setsockopt(socket.IPPROTO_IP, 51, struct.pack("I", (PORT + i) | (PORT + i) << 16))  # IP_LOCAL_PORT_RANGE
+    before = time.time()
+    s.connect(("127.0.0.1", PORT + i))
+    held.append((s, (before + time.time()) / 2))
+print(json.dumps({"pid": os.getpid(), "times": [t for _, t in held]}), flush=True)
+time.sleep(float(sys.argv[2]))
+""".replace("PORT", str(PORT))
+
+
+def held_self_connects(n: int, hold: float, aborts: int = 0) -> dict[str, Any]:
+    argv = ["unshare", "-n", sys.executable, "-c", HELD, str(n), str(hold), str(aborts)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert 0 == done.returncode, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def stopped_while_buffered(watch: Watch, n: int, sig: signal.Signals) -> tuple[dict[str, Any], str]:
+    """Make *n* self-connects while the watcher is stopped, behind pages of other events in its buffer, then *sig*."""
+    watch.process.send_signal(signal.SIGSTOP)
+    try:
+        result = held_self_connects(n, 0, 300)
+        watch.process.send_signal(sig)
+    finally:
+        watch.process.send_signal(signal.SIGCONT)
+    out, err = watch.process.communicate(timeout=30)
+    assert 0 == watch.process.returncode, err
+    return result, out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_events_buffered_at_the_stop_are_read_and_reported_with_a_summary(sig: signal.Signals) -> None:
+    """The stop arrives with a self-connect's event still in the kernel's buffer: it is read, then the summary."""
+    require_namespaces()
+    result, out = stopped_while_buffered(Watch(), 1, sig)
+    lines = json_lines(out)
+    assert "summary" in lines[-1]
+    assert [PORT] == [r["port"] for r in lines[:-1] if r["pid"] == result["pid"]], out
+
+
+def test_count_reports_exactly_that_many() -> None:
+    """--count 1 with two self-connects read together: one is reported, and the summary counts one."""
+    require_namespaces()
+    _, out = stopped_while_buffered(Watch("--count", "1"), 2, signal.SIGCONT)
+    lines = json_lines(out)
+    assert 1 == len(lines[:-1]) == lines[-1]["self_connects"], out
+
+
+def test_times_are_the_wall_clocks_to_the_millisecond() -> None:
+    """Each report's time is when its program connected, on the wall clock (not seconds of one clock, ms of another)."""
+    require_namespaces()
+    watch = Watch()
+    times = []
+    for _ in range(3):
+        result = held_self_connects(1, 0)
+        times.append((result["pid"], result["times"][0]))
+        time.sleep(0.37)
+    reports, _ = watch.stop()
+    for pid, wall in times:
+        [report] = [r for r in reports if r["pid"] == pid]
+        seen = time.mktime(time.strptime(report["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        seen += int(report["time"][20:23]) / 1000
+        assert abs(seen - wall) < 0.05, (report["time"], wall)
+
+
+# Two IPv6 sockets, [::1]:PORT and [fd00::5]:PORT, dial each other: a simultaneous open of two
+# sockets, with the same port at both ends, that is no self-connect.
+TWO_SOCKETS_V6 = r"""
+import json, os, socket, time
+os.system("ip link set lo up; ip -6 route add fd00::5/128 dev lo")
+a = socket.socket(socket.AF_INET6)
+a.bind(("::1", PORT))
+a.setblocking(False)
+try:
+    a.connect(("fd00::5", PORT))  # its SYN goes nowhere: it waits in SYN_SENT
+except BlockingIOError:
+    pass
+time.sleep(0.2)
+b = socket.socket(socket.AF_INET6)
+b.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND
+b.bind(("fd00::5", PORT))
+b.setblocking(False)
+try:
+    b.connect(("::1", PORT))  # its SYN meets a's SYN_SENT: a simultaneous open
+except BlockingIOError:
+    pass
+time.sleep(1.0)
+print(json.dumps({"pid": os.getpid()}), flush=True)
+""".replace("PORT", str(PORT))
+
+
+def test_an_ipv6_simultaneous_open_of_two_sockets_is_not_a_self_connect() -> None:
+    """[::1]:P and [fd00::5]:P meet in a simultaneous open: the ports match, the addresses do not: not reported."""
+    require_namespaces()
+    watch = Watch()
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", TWO_SOCKETS_V6], capture_output=True, text=True)
+    assert 0 == done.returncode, done.stderr
+    reports, _ = watch.stop()
+    pid = json.loads(done.stdout.splitlines()[-1])["pid"]
+    assert [] == [r for r in reports if r["pid"] == pid], json.dumps(reports)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -28,6 +29,8 @@ NLM_F_DUMP = 0x300
 CLONE_NEWNET = 0x40000000
 TCP_ESTABLISHED = 1
 NO_COOKIE = 0xFFFFFFFF
+SIOCGSKNS = 0x894C  # a socket's own network namespace, as an fd (Linux >= 4.9)
+SYS_PIDFD_GETFD = 438  # the same number on every architecture (Linux >= 5.6)
 
 # struct inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid:
 # sport, dport (big-endian), src[4], dst[4] (network order), if, cookie[2].
@@ -48,6 +51,68 @@ class Found:
     port: int
     inode: int
     cookie: tuple[int, int]
+    peer: str = ""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A socket a process holds, connected from a port to the same port: its inode, addresses, own namespace.
+
+    netns_fd (an fd to the socket's namespace, the caller's to close) is -1 unless asked for.
+    """
+
+    inode: int
+    netns_fd: int
+    address: str
+    peer: str
+
+
+def held_by(pid: int, family: int, port: int, namespaces: bool = True) -> list[Held]:
+    """The TCP sockets of *family* process *pid* holds that are connected from *port* to *port* (any addresses).
+
+    Each socket is asked for its own namespace (SIOCGSKNS on a duplicate
+    pidfd_getfd takes): a process's threads, or the process itself after a
+    setns(), may be in another namespace than the one its socket was made in.
+    Raises OSError if the process is gone or its fds cannot be read.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found: list[Held] = []
+    seen: set[int] = set()
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue
+            if not link.startswith("socket:["):
+                continue
+            inode = int(link[8:-1])
+            if inode in seen:
+                continue
+            seen.add(inode)
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd < 0:
+                continue
+            with socket.socket(fileno=fd) as sock:
+                if sock.family != family or sock.type != socket.SOCK_STREAM:
+                    continue
+                try:
+                    local, peer = sock.getsockname(), sock.getpeername()
+                except OSError:
+                    continue
+                if local[1] != port or peer[1] != port:
+                    continue
+                netns_fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS) if namespaces else -1
+                found.append(Held(inode, netns_fd, local[0], peer[0]))
+    except BaseException:
+        for held in found:
+            if held.netns_fd >= 0:
+                os.close(held.netns_fd)
+        raise
+    finally:
+        os.close(pidfd)
+    return found
 
 
 @contextlib.contextmanager
@@ -108,6 +173,11 @@ def _address(family: int, raw: bytes) -> str:
 
 def self_connected(netns: str, family: int, port: int, states: int = 1 << TCP_ESTABLISHED) -> list[Found]:
     """The TCP sockets of *family* in *netns*, in *states* (a bit mask), connected from *port* to *port*."""
+    return [f for f in port_pairs(netns, family, port, states) if f.address == f.peer]
+
+
+def port_pairs(netns: str, family: int, port: int, states: int) -> list[Found]:
+    """The TCP sockets of *family* in *netns*, in *states* (a bit mask), from *port* to *port*, any addresses."""
     with _netlink_in(netns) as sock:
         sock.sendall(_request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, states, bytes(48)))
         found = []
@@ -117,8 +187,8 @@ def self_connected(netns: str, family: int, port: int, states: int = 1 << TCP_ES
             sport, dport, src, dst = SOCKID.unpack_from(payload, MSG_HEAD.size)
             _, cookie0, cookie1 = SOCKID_TAIL.unpack_from(payload, MSG_HEAD.size + SOCKID.size)
             inode = MSG_TAIL.unpack_from(payload, MSG_HEAD.size + SOCKID.size + SOCKID_TAIL.size)[4]
-            if sport == dport == port and src == dst:
-                found.append(Found(_address(family, src), port, inode, (cookie0, cookie1)))
+            if sport == dport == port:
+                found.append(Found(_address(family, src), port, inode, (cookie0, cookie1), _address(family, dst)))
         return found
 
 

@@ -52,6 +52,8 @@ DESTROY_FILTER = "dport == 0 && sport != 0"
 # TIME_WAIT a plain close() leaves (SOCK_DESTROY ends that too, and the port is free).
 RESET_STATES = sum(1 << s for s in (ESTABLISHED, FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING))
 
+ALL_STATES = 0xFFF & ~(1 << 10)  # every TCP state but LISTEN
+
 # How long the watcher sleeps between reads when it follows nothing.
 IDLE = 0.02
 
@@ -59,11 +61,12 @@ IDLE = 0.02
 GRACE = 0.005
 
 OUTCOMES = {
-    "caught": "a guard reset it in place and dialled again",
+    "caught": "a guard reset it in place and dialled again (or: reset in place, still alive after --settle)",
     "reset": "reset in place and closed without a new dial: a guard that gave up, or an abortive close",
     "closed": "reached the program, which closed it",
     "open": "reached the program: still connected after --settle",
     "ended": "ended by this watcher (--reset): the port is free",
+    "unknown at exit": "still followed when the watcher stopped, for less than --settle (a second Ctrl-C)",
 }
 
 # comm-tid (tgid) [cpu] flags timestamp: inet_sock_set_state: skaddr=0x... (...) oldstate=0x2 (2) ...
@@ -90,7 +93,8 @@ A guard that hands a self-connect back (relent, observe) looks to the kernel
 like no guard at all: it shows as closed or open.
 
 exit status:
-  {EXIT_OK}  stopped (Ctrl-C, SIGTERM, --duration or --count)
+  {EXIT_OK}  stopped (Ctrl-C, SIGTERM, SIGHUP, --duration or --count); the events
+     already buffered are read and what is still followed gets up to --settle first
   {EXIT_USAGE}  usage error
   {EXIT_CANNOT_RUN}  could not run: not root, no tracefs, or no such kernel event (says what is missing)"""
 
@@ -132,9 +136,15 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
-def _netns(pid: int) -> Optional[int]:
+def _ns_path(pid: int, tid: int) -> str:
+    # The thread's own namespace: a thread may have entered another one (setns, unshare)
+    # than the main thread's, which /proc/PID/ns/net shows.
+    return f"/proc/{pid}/task/{tid or pid}/ns/net"
+
+
+def _netns(pid: int, tid: int = 0) -> Optional[int]:
     try:
-        link = os.readlink(f"/proc/{pid}/ns/net")  # "net:[4026531840]"
+        link = os.readlink(_ns_path(pid, tid))  # "net:[4026531840]"
     except OSError:
         return None
     return int(link[link.index("[") + 1 : -1])
@@ -165,8 +175,11 @@ def _cgroup(pid: int) -> Optional[str]:
 class Watcher:
     """Follows self-connected sockets by their kernel address and decides each one's outcome."""
 
-    def __init__(self, out: TextIO, as_json: bool, settle: float, reset_ports: list[tuple[int, int]]) -> None:
+    def __init__(
+        self, out: TextIO, as_json: bool, settle: float, reset_ports: list[tuple[int, int]], count: Optional[int] = None
+    ) -> None:
         self.out = out
+        self.count = count
         self.as_json = as_json
         self.settle = settle
         self.reset_ports = reset_ports
@@ -181,16 +194,20 @@ class Watcher:
         self._namespaces: dict[int, Optional[int]] = {}
         self._cgroups: dict[int, Optional[str]] = {}
 
-    def _netns(self, pid: int) -> Optional[int]:
-        netns = _netns(pid)
+    def _netns(self, pid: int, tid: int) -> Optional[int]:
+        netns = _netns(pid, tid)
         if netns is None:  # gone: what it was when last seen, if it was
-            return self._namespaces.get(pid)
+            return self._namespaces.get(tid)  # never the process's: the thread may have been elsewhere
         if len(self._namespaces) > 4096:
             self._namespaces.clear()
             self._cgroups.clear()
-        self._namespaces[pid] = netns
+        self._namespaces[tid] = netns
         self._cgroups[pid] = _cgroup(pid)
         return netns
+
+    def full(self) -> bool:
+        """--count's self-connects are all reported."""
+        return self.count is not None and self.reported >= self.count
 
     def feed(self, line: str) -> None:
         # Most lines are aborts of ordinary connections: drop them before any parsing.
@@ -244,6 +261,8 @@ class Watcher:
         family, port = int(match["family"]), int(match["sport"])
         if match["sport"] != match["dport"] or (family == socket.AF_INET and match["saddr"] != match["daddr"]):
             return  # a true simultaneous open between two sockets: not a self-connect
+        if self.count is not None and self.reported + len(self.following) >= self.count:
+            return  # --count's self-connects are all followed already: report exactly that many
         episode = Episode(
             sk=match["sk"],
             seen=float(match["ts"]),
@@ -256,15 +275,37 @@ class Watcher:
             port=port,
         )
         self._attribute(episode, match)
+        if family == socket.AF_INET6 and not self._v6_self(episode):
+            return
         pid = episode.pid
         if any(low <= port <= high for low, high in self.reset_ports):
             try:
-                episode.netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+                # Held at once: a one-shot client may exit within a millisecond of its connect.
+                episode.netns_fd = os.open(_ns_path(pid, episode.tid), os.O_RDONLY)
             except OSError:
-                episode.detail["reset"] = "not tried: the process was gone before its namespace could be held"
-            else:
-                episode.reset_due = episode.seen + GRACE
+                # Its thread is gone: a socket its process still holds names its own namespace;
+                # what its close left cannot be found.
+                pass
+            episode.reset_due = episode.seen + GRACE
         self.following[episode.sk] = episode
+
+    def _v6_self(self, episode: Episode) -> bool:
+        """Whether an IPv6 simultaneous open is a socket meeting itself, asked of sock_diag in the thread's namespace.
+
+        The event's IPv6 addresses are not printed in the mode that gives the socket's
+        identity: two sockets [a]:P and [b]:P dialling each other look like one socket
+        meeting itself. Rare (a simultaneous open on IPv6), so worth one sock_diag dump.
+        What cannot be looked at (a thread gone, its sockets closed) is reported as a
+        self-connect, address unknown.
+        """
+        try:
+            pairs = _sockdiag.port_pairs(_ns_path(episode.pid, episode.tid), socket.AF_INET6, episode.port, ALL_STATES)
+        except OSError:
+            return True
+        selves = {f.address for f in pairs if f.address == f.peer}
+        if len(selves) == 1:
+            episode.address = next(iter(selves))
+        return bool(selves) or not pairs
 
     def _attribute(self, episode: Episode, match: re.Match[str]) -> None:
         """Name the task the kernel ran *match*'s transition in as the socket's program."""
@@ -276,7 +317,7 @@ class Watcher:
             comm = (_read(f"/proc/{tid}/comm") or "?").strip()
         episode.comm = comm
         episode.pid_sure = _in_task(match["flags"])
-        episode.netns = self._netns(episode.pid)
+        episode.netns = self._netns(episode.pid, tid)
         episode.cgroup = self._cgroups.get(episode.pid)
 
     def tick(self, now: float) -> None:
@@ -291,30 +332,61 @@ class Watcher:
 
     def _reset(self, episode: Episode) -> None:
         episode.reset_due = None
-        assert episode.netns_fd is not None
-        netns = f"/proc/self/fd/{episode.netns_fd}"
+        family = socket.AF_INET if episode.family == socket.AF_INET else socket.AF_INET6
+        held: list[_sockdiag.Held] = []
         try:
-            low, high = _sockdiag.ephemeral_range(netns)
-            if not low <= episode.port <= high:
-                # The kernel never picks a port outside the range: this socket was bound on purpose.
-                episode.detail["reset"] = f"not done: port outside that namespace's ephemeral range {low}-{high}"
+            if episode.pid_sure:
+                try:
+                    held = _sockdiag.held_by(episode.pid, family, episode.port)
+                except OSError:
+                    pass  # gone: what its close left is in the namespace held when the event was read
+            mine = [h for h in held if h.address == h.peer and episode.address in (None, h.address)]
+            if len(mine) > 1:
+                # Two namespaces, or two addresses: which one met itself, the kernel's event does not say.
+                episode.detail["reset"] = (
+                    f"not done: could not confirm the socket ({len(mine)} of its sockets are connected "
+                    f"from port {episode.port} to themselves)"
+                )
                 return
-            family = socket.AF_INET if episode.family == socket.AF_INET else socket.AF_INET6
-            found = _sockdiag.self_connected(netns, family, episode.port, RESET_STATES)
-            found = [f for f in found if episode.address in (None, f.address)]
-            if not found:
-                episode.detail["reset"] = "not done: gone already"
-                return
-            episode.address = found[0].address
-            episode.reset_sent = True
-            failed = [code for code in (_sockdiag.destroy(netns, family, f) for f in found) if code]
-            if failed:
-                episode.reset_sent = False
-                episode.detail["reset"] = f"failed: {os.strerror(failed[0])}"
-            else:
-                episode.detail["reset"] = "done: the port is free"
+            self._reset_in(episode, family, mine[0] if mine else None)
         except OSError as exc:
             episode.detail["reset"] = f"failed: {exc.strerror or exc}"
+        finally:
+            for one in held:
+                os.close(one.netns_fd)
+
+    def _reset_in(self, episode: Episode, family: int, held: Optional[_sockdiag.Held]) -> None:
+        """End the socket *held* identifies, in its own namespace; without one, only a socket no program holds."""
+        if held is not None:
+            netns = f"/proc/self/fd/{held.netns_fd}"
+        elif episode.netns_fd is not None:
+            # TIME_WAIT and orphans have no inode: nothing a program could still be using.
+            netns = f"/proc/self/fd/{episode.netns_fd}"
+        else:
+            episode.detail["reset"] = "not done: the process was gone before its namespace could be held"
+            return
+        low, high = _sockdiag.ephemeral_range(netns)
+        if not low <= episode.port <= high:
+            # The kernel never picks a port outside the range: this socket was bound on purpose.
+            episode.detail["reset"] = f"not done: port outside that namespace's ephemeral range {low}-{high}"
+            return
+        candidates = _sockdiag.self_connected(netns, family, episode.port, RESET_STATES)
+        candidates = [f for f in candidates if episode.address in (None, f.address)]
+        found = [f for f in candidates if f.inode == (held.inode if held is not None else 0)]
+        if not found:
+            if candidates:
+                episode.detail["reset"] = "not done: could not confirm the socket"
+            else:
+                episode.detail["reset"] = "not done: gone already"
+            return
+        episode.address = found[0].address
+        episode.reset_sent = True
+        failed = [code for code in (_sockdiag.destroy(netns, family, f) for f in found) if code]
+        if failed:
+            episode.reset_sent = False
+            episode.detail["reset"] = f"failed: {os.strerror(failed[0])}"
+        else:
+            episode.detail["reset"] = "done: the port is free"
 
     def _decide(self, episode: Episode, outcome: str) -> None:
         self.following.pop(episode.sk, None)
@@ -327,9 +399,9 @@ class Watcher:
         self._print(episode)
 
     def finish(self) -> None:
-        """Report what is still followed as it stands now, then the summary."""
+        """Report what is still followed (cut short before --settle: unknown), then the summary."""
         for episode in list(self.following.values()):
-            self._decide(episode, "caught" if episode.aborted is not None else "open")
+            self._decide(episode, "unknown at exit")
         if self.as_json:
             rows = [{"comm": c, "port": p, "outcome": o, "count": n} for (c, p, o), n in sorted(self.summary.items())]
             totals = {"self_connects": self.reported, "events": self.events, "lost_events": self.lost}
@@ -341,8 +413,9 @@ class Watcher:
         self.out.flush()
 
     def _print(self, episode: Episode) -> None:
-        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(episode.seen + self.clock_offset))
-        when += f".{int((episode.seen % 1) * 1000):03d}Z"
+        # The event's own (monotonic) time on the wall clock: seconds and milliseconds of one instant.
+        wall = episode.seen + self.clock_offset
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int((wall % 1) * 1000):03d}Z"
         family = "ipv4" if episode.family == socket.AF_INET else "ipv6"
         if self.as_json:
             record = {
@@ -373,13 +446,46 @@ class Watcher:
 
 
 class _Stop:
-    """Ctrl-C and SIGTERM ask the loop to stop between two reads, never in the middle of a line."""
+    """Ctrl-C, SIGTERM and SIGHUP ask the loop to stop between two reads, never in the middle of a line."""
 
     def __init__(self) -> None:
-        self.asked = False
+        self.asked = 0
 
     def __call__(self, signum: int, frame: Optional[FrameType]) -> None:
-        self.asked = True
+        self.asked += 1
+
+
+class _Reader:
+    """Reads the instance's trace pipe into the watcher, whole lines only."""
+
+    def __init__(self, pipe: int, watcher: Watcher) -> None:
+        self.pipe = pipe
+        self.watcher = watcher
+        self.pending = b""
+
+    def read(self, stop: _Stop, rounds: int = 64) -> bool:
+        """Feed what the buffer holds, up to *rounds* reads; True if it was drained empty."""
+        # Never for ever: a host that makes events as fast as they are read must still
+        # let --duration, --count and Ctrl-C in.
+        for _ in range(rounds):
+            try:
+                chunk = os.read(self.pipe, 1 << 16)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return True
+            lines = (self.pending + chunk).split(b"\n")
+            self.pending = lines.pop()
+            for line in lines:
+                self.watcher.feed(line.decode(errors="replace"))
+            if stop.asked > 1:
+                return True
+        return False
+
+
+# At exit: how long the events still buffered may take to read, and how long the
+# self-connects still followed get to settle (at most --settle) before the summary.
+DRAIN = 0.5
 
 
 def watch(
@@ -393,9 +499,9 @@ def watch(
     root = _tracefs.find_tracefs()
     swept = _tracefs.sweep(root)
     instance = _tracefs.Instance(root, FILTER, DESTROY_FILTER)
-    watcher = Watcher(sys.stdout, as_json, settle, reset_ports)
+    watcher = Watcher(sys.stdout, as_json, settle, reset_ports, count)
     stop = _Stop()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     print(
         f"selfguard watch: watching every network namespace through {instance.path}"
         + (f" (removed {len(swept)} left by killed watchers)" if swept else "")
@@ -404,33 +510,31 @@ def watch(
         flush=True,
     )
     deadline = None if duration is None else time.monotonic() + duration
-    pending = b""
+    assert instance.pipe is not None
+    reader = _Reader(instance.pipe, watcher)
     try:
-        while not stop.asked and (count is None or watcher.reported < count):
+        while not stop.asked and not watcher.full():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
             wait = IDLE if not watcher.following else min(GRACE, settle / 4)
             if deadline is not None:
                 wait = min(wait, deadline - now)
-            assert instance.pipe is not None
             # The pipe's poll does not always wake at the first event: read after every
             # wait, readable or not (a non-blocking read of an empty buffer costs ~1 us).
             select.select([instance.pipe], [], [], max(wait, 0.0))
-            # Until the buffer is drained, but never for ever: a host that makes events
-            # as fast as they are read must still let --duration, --count and Ctrl-C in.
-            for _ in range(64):
-                try:
-                    chunk = os.read(instance.pipe, 1 << 16)
-                except BlockingIOError:
-                    break
-                lines = (pending + chunk).split(b"\n")
-                pending = lines.pop()
-                for line in lines:
-                    if count is None or watcher.reported < count:
-                        watcher.feed(line.decode(errors="replace"))
-                if len(chunk) < 1 << 16 or stop.asked:
-                    break
+            reader.read(stop)
+            watcher.tick(time.monotonic())
+        # What the kernel buffered before the stop was asked for is part of the watch:
+        # read it all (bounded), then let what is still followed settle, a second
+        # Ctrl-C cutting that short.
+        ending = time.monotonic()
+        while not reader.read(stop) and time.monotonic() - ending < DRAIN:
+            pass
+        watcher.tick(time.monotonic())
+        while watcher.following and stop.asked < 2 and time.monotonic() - ending < settle + DRAIN:
+            select.select([instance.pipe], [], [], min(GRACE, settle / 4))
+            reader.read(stop)
             watcher.tick(time.monotonic())
     finally:
         instance.close()
@@ -477,7 +581,8 @@ def register(commands: Commands) -> None:
             "end each self-connected socket on these ports (6379,8000-8099) that no guard caught within "
             f"{GRACE * 1000:g} ms, in its own namespace (SOCK_DESTROY, as `ss -K`), or the TIME_WAIT its "
             "program's close left: the program reads ECONNABORTED if it still had it, and the server can bind "
-            "the port at once. Never a port outside the ephemeral range (bound on purpose)"
+            "the port at once. Never a port outside the ephemeral range (bound on purpose), never a socket it "
+            "cannot confirm (says why)"
         ),
     )
 
