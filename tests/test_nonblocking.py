@@ -33,6 +33,17 @@ def complete_like_an_event_loop(sock: socket.socket, address) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 
+def complete_by_connecting_again(sock: socket.socket, port: int, api: str) -> None:
+    """Start a non-blocking connect, wait until writable, connect again (gevent, Twisted): the truth, a refusal."""
+    assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
+    select.select([], [sock], [], 5)
+    if api == "connect":
+        with pytest.raises(selfguard.SelfConnectError):
+            sock.connect(("127.0.0.1", port))
+    else:
+        assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))
+
+
 @pytest.mark.parametrize(("family", "host"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_a_completed_self_connect_is_reported_as_refused(free_port, family, host):
     """SO_ERROR reads ECONNREFUSED instead of 0, the socket is reset and the port is free."""
@@ -131,13 +142,7 @@ def test_a_non_blocking_connect_completed_by_connecting_again_gets_the_truth(for
     selfguard.install()
     port = free_port()
     sock = forced(port, timeout=0.0)
-    assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
-    select.select([], [sock], [], 5)
-    if api == "connect":
-        with pytest.raises(selfguard.SelfConnectError):
-            sock.connect(("127.0.0.1", port))
-    else:
-        assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))
+    complete_by_connecting_again(sock, port, api)
     assert not selfguard.is_self_connected(sock)
     assert (1, 1) == (selfguard.stats()["self_connects"], selfguard.stats()["gave_up"])
 
@@ -175,13 +180,7 @@ def test_an_fd_made_non_blocking_below_python_completed_by_connecting_again_ends
     port = free_port()
     sock = _fd_non_blocking(forced, port, "os.set_blocking")
     try:
-        assert errno.EINPROGRESS == sock.connect_ex(("127.0.0.1", port))
-        select.select([], [sock], [], 5)
-        if api == "connect":
-            with pytest.raises(selfguard.SelfConnectError):
-                sock.connect(("127.0.0.1", port))
-        else:
-            assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))
+        complete_by_connecting_again(sock, port, api)
         assert not selfguard.is_self_connected(sock)
     finally:
         close_rst(sock)
