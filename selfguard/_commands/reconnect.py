@@ -51,7 +51,9 @@ class Phase:
             self.self_connects_per_100000 = round(n * 100_000 / self.attempts, 1)
             if n:
                 low, high = first_hit_interval(self.attempts)
-                self.per_100000_95_interval = [round(low * 100_000, 1), round(high * 100_000, 1)]
+                # Three significant digits: after 60,000 dials the low end is below 0.05, which
+                # one decimal would print as 0.
+                self.per_100000_95_interval = [float(f"{low * 100_000:.3g}"), float(f"{high * 100_000:.3g}")]
 
 
 def first_hit_interval(dials: int, confidence: float = 0.95) -> tuple[float, float]:
