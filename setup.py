@@ -121,7 +121,19 @@ setup(
             extra_compile_args=["-std=gnu11", "-O2", "-fvisibility=hidden", "-Wall", "-include", COMPAT],
             extra_link_args=["-pthread", *OLD_LIBDL],
             optional=True,
-        )
+        ),
+        # The C accelerator of the Python guard (selfguard/_accel.py): on the stable ABI, so
+        # one build serves every CPython >= 3.9. Optional like the library above: without a
+        # compiler the pure-Python wrappers run, with the same outcomes. Other Pythons than
+        # CPython don't look for an .abi3.so, so the wheel stays py3-none.
+        Extension(
+            "selfguard._speedups",
+            sources=["selfguard/_speedups.c"],
+            define_macros=[("Py_LIMITED_API", "0x03090000")],
+            py_limited_api=True,
+            extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=True,
+        ),
     ],
     cmdclass=commands,
 )

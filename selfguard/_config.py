@@ -166,14 +166,24 @@ def resolve(arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] =
 
 def enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
     """Read the SELFGUARD kill switch: unset or empty means enabled."""
+    return _switch("SELFGUARD", environ)
+
+
+def speedups_enabled(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """Read SELFGUARD_SPEEDUPS: whether the C accelerator may be used (unset or empty: yes)."""
+    return _switch("SELFGUARD_SPEEDUPS", environ)
+
+
+def _switch(variable: str, environ: Optional[Mapping[str, str]]) -> bool:
+    """An on/off variable whose default is on: a bad value warns and means on."""
     environ = os.environ if environ is None else environ
-    raw = environ.get("SELFGUARD")
+    raw = environ.get(variable)
     if raw is None or not _ascii(raw, strict=False):
         return True
     try:
         return _parse_bool(raw)
     except ValueError as exc:
-        _warn_once("SELFGUARD", raw, str(exc), "the default on")
+        _warn_once(variable, raw, str(exc), "the default on")
         return True
 
 

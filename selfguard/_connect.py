@@ -45,7 +45,8 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
     before the real call (the user's arguments are left for the stdlib to
     validate, with its own errors), makes the first attempt inline and leaves
     everything rare -- a self-connect, EADDRNOTAVAIL, a non-blocking connect
-    -- to other functions.
+    -- to other functions. The C accelerator's wrapper (selfguard/_speedups.c)
+    does the same steps and calls this one, or finish(), for what it leaves.
     """
     returns_code = api == "connect_ex"
 
@@ -70,31 +71,17 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
             port = port_of(address)
             if not port:
                 return wrapped(address)
-        if not (state.low <= port <= state.high or in_range(port)):
-            # Outside the cached range: only a socket of another network
-            # namespace, whose range may hold the port, can still self-connect.
-            # Asking the socket costs a syscall, so a blocking connect asks
-            # only once it succeeded: a refused one (a reconnect loop) pays
-            # nothing. A non-blocking one asks first, to be checked at SO_ERROR.
-            if timeout == 0.0:
-                if not in_range(port, instance):
-                    return wrapped(address)
-            else:
-                result = wrapped(address)
-                if (returns_code and result != 0) or not in_range(port, instance):
-                    return result
-                local = self_connected(instance, port)
-                if local is None:
-                    return result
-                code = _retry(wrapped, instance, address, port, api, timeout, local)
-                return code if returns_code else None
+        outside = not (state.low <= port <= state.high or in_range(port))
         if timeout == 0.0:
             # Non-blocking: on Linux the connect returns EINPROGRESS and its
             # outcome is read later from SO_ERROR (checked there, or by the
             # asyncio layer). Passing straight through spares the EINPROGRESS
             # exception a catch and re-raise (~0.4 us inside asyncio); the
             # socket is marked first, so only the SO_ERROR read that completes
-            # this connect is checked, not every later one.
+            # this connect is checked, not every later one. Outside the cached
+            # range only a socket of another namespace is asked about at all.
+            if outside and not in_range(port, instance):
+                return wrapped(address)
             if not state.delegated.get():
                 state.pending.add(instance)
             result = wrapped(address)
@@ -103,44 +90,102 @@ def make_connect_wrapper(api: str) -> Callable[..., Any]:
             # Connected: a loop that completes connects by connecting again
             # (gevent, Twisted) learns it here instead of from SO_ERROR.
             return connected_without_blocking(instance, port, address, api, result)
-
-        if returns_code:
-            code = wrapped(address)
-            if code == 0:
-                local = self_connected(instance, port)
-                if local is None:
-                    return 0
-                if instance in state.pending:
-                    return connected_without_blocking(instance, port, address, api, 0)
-                return _retry(wrapped, instance, address, port, api, timeout, local)
-            if code != _EADDRNOTAVAIL:
-                if code == _EINPROGRESS:
-                    _started(instance)
-                return code
-            return _retry(wrapped, instance, address, port, api, timeout, code)
-
-        try:
-            wrapped(address)
-        except OSError as exc:
-            if exc.errno != _EADDRNOTAVAIL:
-                if exc.errno == _EINPROGRESS:
-                    _started(instance)
-                raise
-            found: Union[tuple[Any, ...], OSError] = exc
+        if outside:
+            # Only a socket of another network namespace, whose range may hold
+            # the port, can still self-connect. Asking the socket costs a
+            # syscall, so it is asked only once the connect succeeded: a
+            # refused one (a reconnect loop) pays nothing.
+            result = wrapped(address)
+            if (returns_code and result != 0) or not in_range(port, instance):
+                return result
+        elif returns_code:
+            result = wrapped(address)
+            if result != 0:
+                if result not in (_EADDRNOTAVAIL, _EINPROGRESS):
+                    return result
+                return _failed(wrapped, instance, address, port, api, timeout, result)
         else:
-            local = self_connected(instance, port)
-            if local is None:
-                return None
-            if instance in state.pending:
-                return connected_without_blocking(instance, port, address, api, None)
-            found = local
-        # Outside the except block, so a later attempt's exception is not
-        # chained to the first one: callers see it as the stdlib raised it.
-        _retry(wrapped, instance, address, port, api, timeout, found)
-        return None
+            try:
+                result = wrapped(address)
+            except OSError as exc:
+                if exc.errno not in (_EADDRNOTAVAIL, _EINPROGRESS):
+                    raise
+                error: Optional[OSError] = exc
+            else:
+                error = None
+            if error is not None:
+                # Outside the except block, so a later attempt's exception is not
+                # chained to the first one: callers see it as the stdlib raised it.
+                return _failed(wrapped, instance, address, port, api, timeout, error)
+        local = self_connected(instance, port)
+        if local is None:
+            return result
+        return _connected_to_itself(wrapped, instance, address, port, api, timeout, result, local)
 
     wrapper.__name__ = wrapper.__qualname__ = f"selfguard_{api}"
     return wrapper
+
+
+def finish(wrapped: Callable[..., Any], instance: Any, address: Any, port: int, outcome: Any, outside: bool) -> Any:
+    """Go on where the C accelerator's connect wrapper stopped: what follows a real connect it could not settle.
+
+    *outcome* is what the call gave: None or 0 (connected, and the local
+    port was the dialled one, or getsockname() failed, or the socket may be
+    of another network namespace), or EADDRNOTAVAIL or EINPROGRESS (connect_ex's
+    errno, or the OSError connect raised). *outside*: the port is outside the
+    cached range. Returns, or raises, what the Python wrapper would have.
+    """
+    api = "connect_ex" if type(outcome) is int else "connect"
+    timeout = _timeout_of(instance)
+    if outcome is not None and outcome != 0:
+        return _failed(wrapped, instance, address, port, api, timeout, outcome)
+    if outside and not in_range(port, instance):
+        return outcome
+    local = self_connected(instance, port)
+    if local is None:
+        return outcome
+    return _connected_to_itself(wrapped, instance, address, port, api, timeout, outcome, local)
+
+
+def _connected_to_itself(
+    wrapped: Callable[..., Any],
+    instance: Any,
+    address: Any,
+    port: int,
+    api: str,
+    timeout: Optional[float],
+    outcome: Any,
+    local: tuple[Any, ...],
+) -> Any:
+    """A blocking connect that connected *instance* to itself (*local*): retry, or settle as a non-blocking one."""
+    if instance in state.pending:
+        return connected_without_blocking(instance, port, address, api, outcome)
+    code = _retry(wrapped, instance, address, port, api, timeout, local)
+    return code if api == "connect_ex" else None
+
+
+def _failed(
+    wrapped: Callable[..., Any],
+    instance: Any,
+    address: Any,
+    port: int,
+    api: str,
+    timeout: Optional[float],
+    error: Union[int, OSError],
+) -> Any:
+    """A blocking connect that failed with EADDRNOTAVAIL (retried as the policy says) or EINPROGRESS (marked)."""
+    if _errno(error) == _EINPROGRESS:
+        _started(instance)
+        return _fail(error)
+    code = _retry(wrapped, instance, address, port, api, timeout, error)
+    return code if api == "connect_ex" else None
+
+
+def _timeout_of(sock: Any) -> Optional[float]:
+    try:
+        return _timeout(sock)  # type: ignore[no-any-return]
+    except TypeError:  # gevent's class
+        return sock.gettimeout()  # type: ignore[no-any-return]
 
 
 def _retry(
@@ -266,8 +311,15 @@ def _fail(error: Union[int, BaseException]) -> int:
 
 
 def bind_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Remember a socket bound to an explicit port, once the stdlib accepted the address: never the guard's to judge."""
+    """Remember a socket bound to an explicit port inside the range, once the stdlib accepted the address.
+
+    A connect from it to its own port is deliberate, never the guard's to
+    judge. A port outside the range needs no memory: the kernel never picks
+    it, and no connect to it is checked (a self-connect there is the user's).
+    """
     result = wrapped(*args, **kwargs)
-    if args and port_of(args[0]):
-        remember(state.user_bound, instance)
+    if args:
+        port = port_of(args[0])
+        if port and (state.low <= port <= state.high or in_range(port)):
+            remember(state.user_bound, instance)
     return result

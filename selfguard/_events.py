@@ -84,6 +84,9 @@ def _fresh_counters() -> dict[str, Any]:
 
 _counters = _fresh_counters()
 checked = _counters["checked"]
+# The C wrappers' state (selfguard._speedups.State), set by _state: they count the
+# connects they check themselves in its `checked`, a plain C integer.
+fast: Any = None
 # Only add_listener/remove_listener/forget take it, re-entrantly (a signal
 # handler may call them while the main thread holds it). Copy-on-write, so
 # publishing iterates without taking it.
@@ -115,7 +118,10 @@ def stats() -> dict[str, int]:
 
 def own_stats() -> dict[str, int]:
     """The Python guard's own counters, without the native guard's."""
-    return {name: _value(counter) for name, counter in _counters.items()}
+    counts = {name: _value(counter) for name, counter in _counters.items()}
+    if fast is not None:
+        counts["checked"] += fast.checked
+    return counts
 
 
 def reset_stats() -> None:
@@ -123,6 +129,8 @@ def reset_stats() -> None:
     global _counters, checked
     _counters = _fresh_counters()
     checked = _counters["checked"]
+    if fast is not None:
+        fast.checked = 0
     _native.reset_counters()
 
 
@@ -322,6 +330,8 @@ def _after_fork_in_child() -> None:
     _lock = _thread.RLock()
     _counters = _fresh_counters()
     checked = _counters["checked"]
+    if fast is not None:
+        fast.checked = 0
 
 
 if hasattr(os, "register_at_fork"):

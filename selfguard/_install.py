@@ -14,7 +14,8 @@ import wrapt
 # sitecustomize a fork can land while another thread installs, and a child
 # that then imports a module the parent was half-way through would hang.
 from . import _config, _loops, _state
-from ._connect import bind_wrapper, make_connect_wrapper
+from ._accel import speedups
+from ._connect import bind_wrapper, finish, make_connect_wrapper
 from ._fastopen import make_send_wrapper
 from ._nonblocking import getsockopt_wrapper
 
@@ -24,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-_WRAPPERS: dict[str, Callable[..., Any]] = {
+_PYTHON_WRAPPERS: dict[str, Callable[..., Any]] = {
     "connect": make_connect_wrapper("connect"),
     "connect_ex": make_connect_wrapper("connect_ex"),
     "getsockopt": getsockopt_wrapper,
@@ -32,6 +33,15 @@ _WRAPPERS: dict[str, Callable[..., Any]] = {
     "sendto": make_send_wrapper("sendto"),
     "sendmsg": make_send_wrapper("sendmsg"),
 }
+# The C wrappers settle the common calls and hand the rest to the Python ones.
+_WRAPPERS = (
+    _PYTHON_WRAPPERS
+    if speedups is None
+    else {
+        name: speedups.Wrapper(_state.state.fast, getattr(speedups, name.upper()), python, finish)
+        for name, python in _PYTHON_WRAPPERS.items()
+    }
+)
 
 
 class _BoundMethodWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1

@@ -130,12 +130,28 @@ def on_addrnotavail(sock: Any, port: int, address: Any, api: str, attempt: int, 
     options = state.options
     if options is None or not options.retry_addrnotavail or not in_range(port, sock) or not is_inet(sock):
         return Action.HAND_BACK
-    if sock in state.user_bound or _native.watches(sock):
+    if _bound(sock) or _native.watches(sock):
         return Action.HAND_BACK  # the user's port; or the native guard's EADDRNOTAVAIL, counted and retried below
     _events.publish(Event("addrnotavail", api, None, address, attempt))
     if not can_retry or attempt > options.retries:
         return Action.HAND_BACK  # EADDRNOTAVAIL every time: report the last one as it was
     return Action.RETRY
+
+
+def _bound(sock: Any) -> bool:
+    """Tell whether *sock* was bound to a port before its connect failed with EADDRNOTAVAIL.
+
+    A socket the kernel was to pick a port for reports port 0 after such a
+    failure; one bound beforehand (to an explicit port, or to port 0, which
+    picks one at bind time) keeps its port, and connecting again from it
+    meets the same clash. Asked of the kernel: binds are not remembered
+    outside the range, and a syscall on this rare path costs nothing.
+    """
+    try:
+        local = sock.getsockname()
+    except OSError:
+        return False
+    return type(local) is tuple and len(local) > 1 and local[1] != 0
 
 
 def retrying(api: str, address: Any, attempt: int, reason: str) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import sys
 import time
 import weakref
 
 from . import _events, _marker
+from ._accel import speedups
 from ._kernel import netns_cookie, read_ephemeral_range, thread_netns_cookie
 
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
@@ -97,6 +99,7 @@ class SocketSet:
 class _State:
     __slots__ = (
         "delegated",
+        "fast",
         "foreign",
         "handed_back",
         "high",
@@ -135,9 +138,30 @@ class _State:
         # Set while a layer that can retry (asyncio's sock_connect) checks the
         # connects it makes itself: the SO_ERROR check stands back.
         self.delegated: contextvars.ContextVar[bool] = contextvars.ContextVar("selfguard_delegated", default=False)
+        # What the C wrappers read of all this (selfguard._speedups), kept equal by sync().
+        self.fast: Any = speedups.State() if speedups is not None else None
 
 
 state = _State()
+_events.fast = state.fast
+
+
+def sync() -> None:
+    """Copy what the C wrappers read -- options on or off, the cached range, its namespace -- to state.fast.
+
+    Called by every writer of those fields. The C code settles a connect
+    itself only while the range is known and not due for a re-read; otherwise
+    it calls the Python wrapper, which reads and writes them here.
+    """
+    fast = state.fast
+    if fast is None:
+        return
+    fast.on = state.options is not None
+    fast.low, fast.high = state.low, state.high
+    fast.known = state.range_known
+    fast.refresh_at = state.range_read_at + RANGE_REFRESH
+    fast.cookie_known = bool(state.netns)
+    fast.cookie = int.from_bytes(state.netns, sys.byteorder) if state.netns else 0
 
 
 def set_options(options: Optional[Options]) -> None:
@@ -146,6 +170,7 @@ def set_options(options: Optional[Options]) -> None:
     Other processes see the change too (`selfguard doctor --pid`): see _marker.
     """
     state.options = options
+    sync()
     if options is None:
         _marker.unmark()
     else:
@@ -187,6 +212,7 @@ def _outside_the_cache(port: int, sock: Any) -> bool:
         # Read from a thread in another namespace, the cached range stays as it
         # was: it is tried again in a second, not at every connect meanwhile.
         state.range_read_at = now
+        sync()
         if state.low <= port <= state.high:
             return True
     return not state.range_known
@@ -223,6 +249,7 @@ def _refresh(now: float) -> None:
         # the range back: one fault, not a range of 1-65535 for good.
         state.range_known = False
         state.range_read_at = now
+        sync()
         return
     if state.netns is None:
         state.netns = cookie
@@ -237,6 +264,7 @@ def _refresh(now: float) -> None:
     # the GIL, and other threads must not take a fresh stamp over an empty or
     # half-written range as "outside it" (they read the file themselves).
     state.range_read_at = now
+    sync()
 
 
 def _thread_cookie() -> bytes:
@@ -263,3 +291,4 @@ def reset() -> None:
     state.user_bound = SocketSet()
     state.handed_back = SocketSet()
     state.pending = SocketSet()
+    sync()

@@ -34,6 +34,14 @@ def clean_guard() -> Iterator[None]:
 
 
 @pytest.fixture
+def python_wrappers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """install() puts the pure-Python wrappers on, not the C accelerator's: for tests that patch the Python code."""
+    from selfguard import _install
+
+    monkeypatch.setattr(_install, "_WRAPPERS", _install._PYTHON_WRAPPERS)
+
+
+@pytest.fixture
 def needs_forcing() -> None:
     """Skip (fail on CI) unless self-connects can be forced: `pytestmark = pytest.mark.usefixtures("needs_forcing")`."""
     require_forcing()

@@ -37,8 +37,12 @@ def test_an_unavailable_disconnect_returns_the_connect_as_the_stdlib_would(force
     assert 1 == sum("disconnecting" in r.getMessage() for r in caplog.records)
 
 
-def test_a_failing_getsockname_leaves_the_connect_untouched(monkeypatch, caplog):
-    """If the check itself fails, the connect's own result stands."""
+def test_a_failing_getsockname_leaves_the_connect_untouched(monkeypatch, caplog, python_wrappers):
+    """If the check itself fails, the connect's own result stands.
+
+    The fault is injected into the Python wrappers' getsockname(); the C ones
+    make their own and, should it fail, ask the Python code, which fails here.
+    """
     monkeypatch.setattr(_detect, "_getsockname", _fails)
     selfguard.install()
     with socket.create_server(("127.0.0.1", 0)) as srv:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import wrapt
 
 from helpers import require, require_forcing
@@ -53,7 +54,9 @@ code = textwrap.dedent('''
         outcome = "SelfConnectError"
     sock.close()
     stats = selfguard.stats()
-    os.write(1, f"{outcome}|{ctypes_loads}|{selfguard.status()}|{stats['self_connects']}|{stats['faults']}\\n".encode())
+    wrappers = "C" if selfguard._accel.speedups is not None else "Python"
+    fields = [outcome, ctypes_loads, selfguard.status(), stats['self_connects'], stats['faults'], wrappers]
+    os.write(1, ("|".join(map(str, fields)) + "\\n").encode())
 ''').replace("PATHS", repr(sys.argv[1:]))
 interpreter = create()
 interpreters.run_string(interpreter, code)
@@ -73,15 +76,27 @@ def _python_with_subinterpreters() -> str | None:
     return None
 
 
-def test_a_self_connect_in_an_isolated_subinterpreter_is_reset_without_ctypes():
-    """In a 3.12+ isolated subinterpreter (no ctypes there), enforce mode resets and refuses; no fault."""
+@pytest.mark.parametrize("wrappers", ["C", "Python"])
+def test_a_self_connect_in_an_isolated_subinterpreter_is_reset_without_ctypes(wrappers: str):
+    """In a 3.12+ isolated subinterpreter (no ctypes there), enforce mode resets and refuses; no fault.
+
+    With the C accelerator too: it loads there (multi-phase init, no global Python state).
+    """
     require_forcing()
+    if wrappers == "C":
+        require(any(ROOT.glob("selfguard/_speedups*.so")), "needs the C accelerator built in the source tree")
     python = _python_with_subinterpreters()
     require(python is not None, "needs CPython 3.12 or later (this interpreter, or one pyenv built)")
     assert python is not None
+    environment = dict(os.environ, SELFGUARD_SPEEDUPS="1" if wrappers == "C" else "0")
     done = subprocess.run(
-        [python, "-c", SCRIPT, str(ROOT), WRAPT_PATH], capture_output=True, text=True, timeout=120, cwd="/"
+        [python, "-c", SCRIPT, str(ROOT), WRAPT_PATH],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env=environment,
     )
     # Not the exit status: CPython 3.12.1 with wrapt 2.5 aborts at exit ("free(): invalid pointer")
     # once wrapt was imported in a subinterpreter, with or without selfguard.
-    assert "SelfConnectError|no ctypes|active|3|0" == done.stdout.strip(), done.stdout + done.stderr[-2000:]
+    assert f"SelfConnectError|no ctypes|active|3|0|{wrappers}" == done.stdout.strip(), done.stdout + done.stderr[-2000:]
