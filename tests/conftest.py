@@ -41,6 +41,26 @@ def python_wrappers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_install, "_WRAPPERS", _install._PYTHON_WRAPPERS)
 
 
+@pytest.fixture(params=["C", "Python"])
+def both_wrappers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once with the C accelerator's wrappers and once with the pure-Python ones.
+
+    `pytestmark = pytest.mark.usefixtures("both_wrappers")`: the two must give
+    the same outcomes, and each the stdlib's. The C run needs the accelerator
+    built (it fails on CI without it), unless SELFGUARD_SPEEDUPS turned it off
+    for a run of the pure-Python code.
+    """
+    from selfguard import _accel, _install
+
+    if request.param == "Python":
+        monkeypatch.setattr(_install, "_WRAPPERS", _install._PYTHON_WRAPPERS)
+    elif _accel.why_not.startswith("turned off"):
+        pytest.skip("SELFGUARD_SPEEDUPS turned the C accelerator off: this run tests the pure-Python wrappers")
+    else:
+        require(_accel.speedups is not None, f"needs the C accelerator: {_accel.why_not}")
+    return str(request.param)
+
+
 @pytest.fixture
 def needs_forcing() -> None:
     """Skip (fail on CI) unless self-connects can be forced: `pytestmark = pytest.mark.usefixtures("needs_forcing")`."""

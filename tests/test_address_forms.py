@@ -12,6 +12,9 @@ import selfguard
 
 from helpers import close_rst
 
+# Each test runs with the C accelerator's wrappers and with the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("both_wrappers")
+
 Address = collections.namedtuple("Address", "host port")
 
 

@@ -10,6 +10,9 @@ import selfguard
 
 from helpers import ADDRESS_FORMS, close_rst
 
+# Each test runs with the C accelerator's wrappers and with the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("both_wrappers")
+
 
 @pytest.mark.parametrize(("family", "host"), ADDRESS_FORMS)
 def test_a_real_self_connect_is_detected_in_every_address_form(forced, free_port, family, host):

@@ -28,6 +28,9 @@ from selfguard._kernel import read_ephemeral_range
 
 from helpers import same_with_and_without_guard
 
+# Each test runs with the C accelerator's wrappers and with the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("both_wrappers")
+
 LOW, HIGH = read_ephemeral_range()
 UNIX_DIR = tempfile.mkdtemp(prefix="selfguard-diff-")
 UNIX_MISSING = os.path.join(UNIX_DIR, "missing")

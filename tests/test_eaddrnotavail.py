@@ -12,6 +12,9 @@ from selfguard.testing import set_port_range
 
 from helpers import port_in_time_wait
 
+# Each test runs with the C accelerator's wrappers and with the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("both_wrappers")
+
 
 def test_spurious_eaddrnotavail_is_retried_within_the_budget(forced, free_port):
     """A kernel-picked port that fails with EADDRNOTAVAIL is retried, then the last error is raised as it was."""

@@ -12,6 +12,9 @@ import selfguard
 
 from helpers import outcome, same_with_and_without_guard
 
+# Each test runs with the C accelerator's wrappers and with the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("both_wrappers")
+
 
 @pytest.fixture
 def closed_port(free_port):

@@ -14,6 +14,9 @@ from selfguard.testing import set_port_range
 
 from helpers import ADDRESS_FORMS, can_bind, close_rst
 
+# Each test runs with the C accelerator's wrappers and with the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("both_wrappers")
+
 
 @pytest.mark.parametrize(("family", "host"), ADDRESS_FORMS)
 def test_connect_raises_self_connect_error_when_every_attempt_self_connects(forced, free_port, family, host):

@@ -11,6 +11,9 @@ import selfguard
 
 from helpers import outcome, port_in_time_wait
 
+# Each test runs with the C accelerator's wrappers and with the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("both_wrappers")
+
 
 @pytest.mark.parametrize("timeout", [1e-4, 1e-6])
 @pytest.mark.parametrize("api", ["connect", "connect_ex"])

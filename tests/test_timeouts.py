@@ -13,6 +13,9 @@ from selfguard.testing import set_port_range
 
 from helpers import full_backlog_server
 
+# Each test runs with the C accelerator's wrappers and with the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("both_wrappers")
+
 
 def test_the_timeout_bounds_all_attempts_together(forced, free_port):
     """A retry that hangs runs out of the socket's timeout, not a fresh one, and the timeout is restored."""
