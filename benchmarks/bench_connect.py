@@ -493,6 +493,9 @@ Counts = dict[str, dict[str, float]]  # case -> variant -> thousands of instruct
 
 def print_syscalls(benches: list[Bench], clock: str, probe: Probe) -> None:
     """The syscalls' cost over all cases' probes: what each case's limit and allowance add."""
+    if not any(bench.case.needs for bench in benches):
+        print("Syscalls: the checks of these cases need none, so none were timed.")
+        return
     print(f"Syscalls a check needs, measured in each slice as {probe.how}:")
     for name in SYSCALLS:
         values = [v for bench in benches for v in bench.syscalls[clock].get(name, [])]
@@ -520,7 +523,7 @@ def print_tables(benches: list[Bench], rounds: int, clock: str, counts: Optional
         f" {'allowed':>16} {'spread Q1..Q3':>17}"
     )
     if counts is not None:
-        header += f"  {'k instructions: unguarded floor selfguard  - base':>51}"
+        header += f"  {'k instr: unguarded':>18} {'floor':>7} {'selfguard':>9} {'- base':>7}"
     print(header + "  verdict")
     for bench in benches:
         f = figures(bench, clock)
@@ -535,11 +538,11 @@ def print_tables(benches: list[Bench], rounds: int, clock: str, counts: Optional
             k = counts.get(bench.case.key)
             if k:
                 line += (
-                    f"  {'':>15} {k['unguarded']:>9.2f} {k['floor']:>5.2f} {k['selfguard']:>9.2f}"
+                    f"  {k['unguarded']:>18.2f} {k['floor']:>7.2f} {k['selfguard']:>9.2f}"
                     f" {k['selfguard'] - k[f.base]:>+7.2f}"
                 )
             else:
-                line += f"  {'not counted':>51}"
+                line += f"  {'not counted':>45}"
         print(f"{line}  {verdict(f)}")
 
 
@@ -639,11 +642,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     stats = selfguard.stats()
     probe.close()
     counts: Optional[Counts] = None
+    failed: Optional[SystemExit] = None
     if args.instructions:
         # After the timing, never beside it: valgrind's children would take the CPU the timing needs.
         import count_instructions
 
-        counts = count_instructions.count([bench.case.key for bench in benches], args.scale)
+        try:
+            counts = count_instructions.count([bench.case.key for bench in benches], args.scale)
+        except SystemExit as exc:
+            failed = exc  # the times are printed all the same; the failure ends the run
     wrappers = {
         "C" if w is not None and not is_python_function(w) else "Python" for w in patched.values() if w is not None
     }
@@ -669,6 +676,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.json:
         json.dump(dict(header, cases=as_json(benches, args.clock, counts)), sys.stdout, indent=1)
         print()
+        if failed is not None:
+            raise failed
         return
     floors = sorted({kind for bench in benches for kind in bench.floor_kind.values()})
     print(
@@ -691,6 +700,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             " see count_instructions.py."
         )
     print(f"\nselfguard checked {stats['checked']} connects and saw {stats['self_connects']} self-connects.")
+    if failed is not None:
+        raise failed
 
 
 if __name__ == "__main__":
