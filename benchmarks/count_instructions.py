@@ -5,7 +5,7 @@ Usage: python benchmarks/count_instructions.py [--scale X] [--case NAME]... [--t
   --scale X    multiply every case's N (default 1.0: N is the case's iterations
                per slice in bench_connect.py, 8 to 600)
   --case NAME  count only this case; repeat for several (bench_connect.py's names)
-  --timeout S  give up after S seconds in all (default 300), killing valgrind
+  --timeout S  give up after S seconds in all (default 240), killing valgrind
   --json       print the counts as one JSON object instead of a table
 
 Times on a machine others share move by more than the differences looked at
@@ -50,7 +50,7 @@ from bench_connect import VARIANTS, Counts, prepare, variant_on
 from connect_cases import CASE_KEYS
 
 MARK = "getppid"  # the libc function callgrind dumps before; nothing else here calls it
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = 240.0
 
 
 # ---------------------------------------------------------------- the child, under valgrind
