@@ -107,8 +107,8 @@ def per_iteration(labels: list[str], counts: dict[int, int], variant: str) -> di
     runs: dict[str, dict[int, int]] = {}
     for k, label in enumerate(labels):
         if label != "between":
-            case, n = label.split()
-            runs.setdefault(case, {})[int(n)] = counts[k + 2]
+            case, iterations = label.split()
+            runs.setdefault(case, {})[int(iterations)] = counts[k + 2]
     result = {}
     for case, by_n in runs.items():
         n, twice = sorted(by_n)
