@@ -19,8 +19,8 @@ writes the instructions counted since the previous call: (the 2N run's count -
 the N run's) / N is one iteration's, without what a run costs once (asyncio's
 run_until_complete, the calls around the loop). Start-up is in neither.
 
-What the counts leave out: the kernel's work inside syscalls (getsockname() is
-a few hundred instructions here and a microsecond of kernel time), and the wait
+What the counts leave out: the kernel's work inside syscalls (for getsockname(),
+only building its result in Python is counted, not the syscall), and the wait
 for the CPU. Under valgrind a program runs about 50 times slower, so what
 selfguard does once a second (re-reading the port range, outside the range
 only) comes about 50 times as often per iteration: a few instructions more.
