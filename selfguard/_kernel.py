@@ -7,6 +7,8 @@ import errno
 import os
 import socket
 
+from ._accel import speedups
+
 # Not `from typing import ...`: typing costs ~2.5 ms to import where wrapt 1.x has not
 # imported it already, and every annotation here is a string (PEP 563) never evaluated.
 TYPE_CHECKING = False
@@ -178,29 +180,33 @@ def disconnect(sock: socket.socket) -> None:
     sends RST (so no TIME_WAIT keeps the port from a server that wants it),
     releases a kernel-picked port, and leaves the socket ready for another
     connect() with every socket option intact. Python's connect() cannot build
-    an AF_UNSPEC address, so this goes through libc. ctypes is imported on the
-    first call only: a self-connect is rare, and most processes never see one.
-    Where ctypes can't be loaded (a CPython 3.12 isolated subinterpreter, an
+    an AF_UNSPEC address: the C accelerator makes the call where it is loaded,
+    libc through ctypes otherwise (imported on the first call only: a
+    self-connect is rare, and most processes never see one). Where neither
+    can (a CPython 3.12 isolated subinterpreter without the accelerator, an
     interpreter built without _ctypes), the socket is replaced in place instead.
     """
     global _libc_connect, _unspec_address
-    if _libc_connect is None:
-        try:
+    if speedups is not None:
+        speedups.disconnect(sock.fileno())
+    else:
+        if _libc_connect is None:
+            try:
+                import ctypes
+            except ImportError:
+                replace_in_place(sock)
+                return
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.connect.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
+            libc.connect.restype = ctypes.c_int
+            # struct sockaddr with sa_family == AF_UNSPEC (0): 16 zero bytes.
+            _unspec_address = ctypes.create_string_buffer(16)
+            _libc_connect = libc.connect
+        if _libc_connect(sock.fileno(), _unspec_address, 16) != 0:
             import ctypes
-        except ImportError:
-            replace_in_place(sock)
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.connect.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32)
-        libc.connect.restype = ctypes.c_int
-        # struct sockaddr with sa_family == AF_UNSPEC (0): 16 zero bytes.
-        _unspec_address = ctypes.create_string_buffer(16)
-        _libc_connect = libc.connect
-    if _libc_connect(sock.fileno(), _unspec_address, 16) != 0:
-        import ctypes
 
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
     # The reset leaves ECONNRESET pending in SO_ERROR. A caller that reads
     # SO_ERROR before connecting again (gevent does) would take it for the
     # outcome of its next connect; reading it clears it.

@@ -248,9 +248,8 @@ static PyObject *take_exception(void) {
 static PyObject *connect_call(Wrapper *self, PyObject *wrapped, PyObject *instance, PyObject *args, PyObject *kwargs) {
     State *state = self->state;
     int returns_code = self->kind == CONNECT_EX;
-    if (!state->on || !PyDict_Check(kwargs) || PyDict_Size(kwargs) != 0 || !PyTuple_Check(args) ||
-        PyTuple_Size(args) != 1)
-        return PyObject_Call(wrapped, args, PyDict_Check(kwargs) ? kwargs : NULL);
+    if (!state->on || PyDict_Size(kwargs) != 0 || PyTuple_Size(args) != 1)
+        return PyObject_Call(wrapped, args, kwargs);
     if (!is_plain_socket(state, instance))
         return call_slow(self, wrapped, instance, args, kwargs); /* gevent's class, or no socket */
     PyObject *address = PyTuple_GetItem(args, 0);
@@ -311,7 +310,7 @@ static PyObject *connect_call(Wrapper *self, PyObject *wrapped, PyObject *instan
 
 static PyObject *bind_call(Wrapper *self, PyObject *wrapped, PyObject *instance, PyObject *args, PyObject *kwargs) {
     State *state = self->state;
-    if (!PyTuple_Check(args) || PyTuple_Size(args) != 1 || !PyDict_Check(kwargs) || PyDict_Size(kwargs) != 0)
+    if (PyTuple_Size(args) != 1 || PyDict_Size(kwargs) != 0)
         return call_slow(self, wrapped, instance, args, kwargs);
     PyObject *address = PyTuple_GetItem(args, 0);
     long port = plain_port(address);
@@ -327,7 +326,7 @@ static PyObject *bind_call(Wrapper *self, PyObject *wrapped, PyObject *instance,
 
 static PyObject *getsockopt_call(Wrapper *self, PyObject *wrapped, PyObject *instance, PyObject *args,
                                  PyObject *kwargs) {
-    if (!PyTuple_Check(args) || !PyDict_Check(kwargs) || PyDict_Size(kwargs) != 0)
+    if (PyDict_Size(kwargs) != 0)
         return call_slow(self, wrapped, instance, args, kwargs);
     Py_ssize_t count = PyTuple_Size(args);
     if (count >= 2) {
@@ -346,8 +345,7 @@ static PyObject *send_call(Wrapper *self, PyObject *wrapped, PyObject *instance,
     /* sendto(data, address) and sendmsg(buffers[, ancdata]) carry no flags, so no Fast Open:
      * the Python wrapper looks only at calls with the flags and an address. */
     Py_ssize_t address_at = self->kind == SENDTO ? 2 : 3;
-    if (!self->state->on || !PyTuple_Check(args) || !PyDict_Check(kwargs) || PyDict_Size(kwargs) != 0 ||
-        PyTuple_Size(args) == address_at + 1)
+    if (!self->state->on || PyDict_Size(kwargs) != 0 || PyTuple_Size(args) == address_at + 1)
         return call_slow(self, wrapped, instance, args, kwargs);
     return PyObject_Call(wrapped, args, NULL);
 }
@@ -360,6 +358,13 @@ static PyObject *wrapper_call(Wrapper *self, PyObject *call_args, PyObject *call
     }
     if (!PyArg_UnpackTuple(call_args, "wrapper", 4, 4, &wrapped, &instance, &args, &kwargs))
         return NULL;
+    /* wrapt always gives a tuple and a dict; anything else is the Python wrapper's to take. */
+    if (!PyTuple_Check(args) || !PyDict_Check(kwargs)) {
+        if (self->kind != PASSTHROUGH)
+            return call_slow(self, wrapped, instance, args, kwargs);
+        PyErr_SetString(PyExc_TypeError, "args must be a tuple and kwargs a dict");
+        return NULL;
+    }
     switch (self->kind) {
     case CONNECT:
     case CONNECT_EX:
@@ -372,7 +377,7 @@ static PyObject *wrapper_call(Wrapper *self, PyObject *call_args, PyObject *call
     case SENDMSG:
         return send_call(self, wrapped, instance, args, kwargs);
     default:
-        return PyObject_Call(wrapped, args, PyDict_Check(kwargs) ? kwargs : NULL);
+        return PyObject_Call(wrapped, args, kwargs);
     }
 }
 

@@ -8,7 +8,9 @@ import socket
 import pytest
 
 import selfguard
-from selfguard.testing import set_port_range
+from selfguard import _state
+from selfguard._kernel import read_ephemeral_range
+from selfguard.testing import free_port, set_port_range
 
 from helpers import port_in_time_wait
 
@@ -67,3 +69,42 @@ def test_eaddrnotavail_on_an_explicitly_bound_port_is_not_retried(free_port):
             first.close()
             second.close()
     assert 0 == selfguard.stats()["addrnotavail"]
+
+
+def _outside_the_range() -> int:
+    low, high = read_ephemeral_range()
+    return free_port(max(1024, low - 2000), low - 1) if low > 2024 else free_port(high + 1, min(65535, high + 2000))
+
+
+def test_eaddrnotavail_on_a_port_bound_outside_the_range_is_not_retried():
+    """A bind outside the range is not remembered (nothing needs it); the kernel still says the socket is bound."""
+    port = _outside_the_range()
+    selfguard.install()
+    with socket.create_server(("127.0.0.1", 0)) as srv:  # a destination inside the range
+        first, second = socket.socket(), socket.socket()
+        try:
+            for sock in (first, second):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
+            assert 0 == len(_state.state.user_bound)
+            first.connect(srv.getsockname())
+            assert errno.EADDRNOTAVAIL == second.connect_ex(srv.getsockname())
+        finally:
+            first.close()
+            second.close()
+    assert {"addrnotavail": 0, "retries": 0} == {k: selfguard.stats()[k] for k in ("addrnotavail", "retries")}
+
+
+def test_only_a_bind_inside_the_range_is_remembered():
+    """Binds inside the range are remembered: a connect from there to its own port is the user's. None else is."""
+    selfguard.install()
+    inside, outside, unix = socket.socket(), socket.socket(), socket.socket(socket.AF_UNIX)
+    inside.bind(("127.0.0.1", free_port()))  # selfguard.testing's: inside the range
+    outside.bind(("127.0.0.1", _outside_the_range()))
+    unix.bind("")  # autobind: an abstract name, no port
+    try:
+        assert inside in _state.state.user_bound
+        assert 1 == len(_state.state.user_bound)
+    finally:
+        for sock in (inside, outside, unix):
+            sock.close()

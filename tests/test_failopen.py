@@ -8,6 +8,7 @@ _ctypes); the sockets and the self-connects they meet stay real.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import subprocess
 import sys
@@ -15,9 +16,9 @@ import sys
 import pytest
 
 import selfguard
-from selfguard import _detect, _kernel, _policy, testing
+from selfguard import _accel, _detect, _kernel, _policy, testing
 
-from helpers import require_forcing
+from helpers import require, require_forcing
 
 
 def _fails(*args):
@@ -95,9 +96,16 @@ def test_broken_logging_never_breaks_a_connect(forced, free_port):
         logger.removeHandler(handler)  # type: ignore[arg-type]
 
 
-def test_without_ctypes_the_socket_is_replaced_in_place_with_its_options(free_port):
-    """Without _ctypes a self-connect is reset all the same: a fresh socket on the same fd, options kept."""
+@pytest.mark.parametrize("speedups", ["1", "0"])
+def test_without_ctypes_a_self_connect_is_reset_in_place_with_its_options(free_port, speedups):
+    """Without _ctypes a self-connect is reset all the same, options kept.
+
+    With the C accelerator (SELFGUARD_SPEEDUPS=1), by its own AF_UNSPEC connect;
+    without it, by a fresh socket put on the same fd.
+    """
     require_forcing()
+    if speedups == "1":
+        require(_accel.speedups is not None, f"needs the C accelerator: {_accel.why_not}")
     port = free_port()
     done = subprocess.run(
         [
@@ -126,6 +134,7 @@ def test_without_ctypes_the_socket_is_replaced_in_place_with_its_options(free_po
         capture_output=True,
         text=True,
         timeout=60,
+        env=dict(os.environ, SELFGUARD_SPEEDUPS=speedups),
     )
     assert ["SelfConnectError", "True 3.5 False 1 1", "3 0"] == done.stdout.split("\n")[:3], done.stderr
 

@@ -96,6 +96,7 @@ def test_the_wheel_fits_every_cpython_with_glibc_2_17_and_carries_the_library(di
     assert re.fullmatch(r"selfguard-.+-py3-none-manylinux_2_17_x86_64\.manylinux2014_x86_64\.whl", wheel.name)
     with zipfile.ZipFile(wheel) as archive:
         assert LIBRARY in archive.namelist()
+        assert "selfguard/_speedups.abi3.so" in archive.namelist()  # CPython's; other Pythons don't look for it
         assert "Root-Is-Purelib: false" in archive.read(f"{wheel.name.split('-py3')[0]}.dist-info/WHEEL").decode()
     shown = subprocess.run(
         [sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True, timeout=120
@@ -137,6 +138,16 @@ def test_the_same_wheel_installs_on_other_pythons(dist: Path, tmp_path: Path, ve
     )
     assert 0 == done.returncode, done.stderr
     assert done.stdout.strip().endswith(LIBRARY), done.stdout
+    # The C accelerator, built once on the stable ABI by this interpreter, loads there too.
+    assert "True" == accelerated(venv), "the C accelerator did not load"
+
+
+def accelerated(venv: Path) -> str:
+    """Whether the Python guard's C accelerator loads in *venv* ("True"), or why not."""
+    code = "import selfguard._accel as a; print(a.speedups is not None or a.why_not)"
+    python = str(venv / "bin" / "python")
+    done = subprocess.run([python, "-c", code], env=clean_environ(), capture_output=True, text=True)
+    return (done.stdout + done.stderr).strip()
 
 
 def test_from_the_sdist_without_a_compiler_native_warns_and_runs(dist: Path, tmp_path: Path):
@@ -154,6 +165,8 @@ def test_from_the_sdist_without_a_compiler_native_warns_and_runs(dist: Path, tmp
     assert 1 == len(done.stderr.splitlines())
     strict = subprocess.run([selfguard, "run", "--require-native", "--", *argv], env=env, capture_output=True)
     assert (b"", 3) == (strict.stdout, strict.returncode)
+    # The Python guard runs its pure-Python wrappers.
+    assert accelerated(venv).startswith("not loaded: "), accelerated(venv)
     assert strict.stderr.startswith(b"selfguard run: --require-native: not running sh: the native guard is not in")
 
 
