@@ -146,7 +146,9 @@ def accelerated(venv: Path) -> str:
     """Whether the Python guard's C accelerator loads in *venv* ("True"), or why not."""
     code = "import selfguard._accel as a; print(a.speedups is not None or a.why_not)"
     python = str(venv / "bin" / "python")
-    done = subprocess.run([python, "-c", code], env=clean_environ(), capture_output=True, text=True)
+    # From the venv's directory: `python -c` puts the working directory first on sys.path,
+    # and this test's is the source tree, where an in-place build may lie.
+    done = subprocess.run([python, "-c", code], env=clean_environ(), capture_output=True, text=True, cwd=venv)
     return (done.stdout + done.stderr).strip()
 
 
