@@ -57,6 +57,7 @@ typedef struct {
     int cookie_known;        /* 0: not read yet, or the kernel can't tell */
     unsigned long long checked; /* connects settled here after a getsockname(): stats()["checked"] */
     PyObject *socket_type;   /* this interpreter's _socket.socket */
+    PyObject *delegated;     /* state.delegated.get: true while asyncio's sock_connect checks itself */
 } State;
 
 static PyMemberDef state_members[] = {
@@ -68,6 +69,7 @@ static PyMemberDef state_members[] = {
     {"cookie", T_ULONGLONG, offsetof(State, cookie), 0, NULL},
     {"cookie_known", T_INT, offsetof(State, cookie_known), 0, NULL},
     {"checked", T_ULONGLONG, offsetof(State, checked), 0, NULL},
+    {"delegated", T_OBJECT, offsetof(State, delegated), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -99,12 +101,14 @@ static PyObject *state_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 
 static int state_traverse(State *self, visitproc visit, void *arg) {
     Py_VISIT(self->socket_type);
+    Py_VISIT(self->delegated);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
 
 static int state_clear(State *self) {
     Py_CLEAR(self->socket_type);
+    Py_CLEAR(self->delegated);
     return 0;
 }
 
@@ -203,6 +207,21 @@ static long plain_port(PyObject *address) {
     return value > 0 && value <= 65535 ? value : 0;
 }
 
+/* Whether asyncio's sock_connect wrapper is checking the connect it makes itself (state.delegated):
+ * then the socket-level wrappers stand back and pass through. 0 when unknown. */
+static int delegated(State *state) {
+    if (state->delegated == NULL || state->delegated == Py_None)
+        return 0;
+    PyObject *flag = PyObject_CallFunctionObjArgs(state->delegated, NULL);
+    if (flag == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int set = flag == Py_True;
+    Py_DECREF(flag);
+    return set;
+}
+
 static int is_plain_socket(State *state, PyObject *instance) {
     return PyObject_TypeCheck(instance, (PyTypeObject *)state->socket_type);
 }
@@ -261,8 +280,13 @@ static PyObject *connect_call(Wrapper *self, PyObject *wrapped, PyObject *instan
             return PyObject_CallFunctionObjArgs(wrapped, address, NULL); /* AF_UNIX: no port */
         return call_slow(self, wrapped, instance, args, kwargs);
     }
-    if (FIELD(instance, off_timeout, int64_t) == 0)
-        return call_slow(self, wrapped, instance, args, kwargs); /* non-blocking: checked at completion */
+    if (FIELD(instance, off_timeout, int64_t) == 0) {
+        /* Non-blocking: asyncio's sock_connect checks it itself; any other is marked by Python,
+         * to be checked at completion. */
+        if (delegated(state))
+            return PyObject_CallFunctionObjArgs(wrapped, address, NULL);
+        return call_slow(self, wrapped, instance, args, kwargs);
+    }
     int outside = port < state->low || port > state->high;
     if (outside && (!state->known || !state->cookie_known || monotonic() > state->refresh_at))
         return call_slow(self, wrapped, instance, args, kwargs); /* the range is Python's to read */
@@ -333,7 +357,8 @@ static PyObject *getsockopt_call(Wrapper *self, PyObject *wrapped, PyObject *ins
         PyObject *level = PyTuple_GetItem(args, 0), *name = PyTuple_GetItem(args, 1);
         if (!PyLong_CheckExact(level) || !PyLong_CheckExact(name))
             return call_slow(self, wrapped, instance, args, kwargs); /* an int subclass, a float: compared as Python does */
-        if (PyLong_AsLong(level) == SOL_SOCKET && PyLong_AsLong(name) == SO_ERROR)
+        if (PyLong_AsLong(level) == SOL_SOCKET && PyLong_AsLong(name) == SO_ERROR && count <= 3 &&
+            !delegated(self->state))
             return call_slow(self, wrapped, instance, args, kwargs); /* completing a non-blocking connect */
         if (PyErr_Occurred())
             PyErr_Clear();

@@ -157,6 +157,7 @@ def sync() -> None:
     if fast is None:
         return
     fast.on = state.options is not None
+    fast.delegated = state.delegated.get
     fast.low, fast.high = state.low, state.high
     fast.known = state.range_known
     fast.refresh_at = state.range_read_at + RANGE_REFRESH
