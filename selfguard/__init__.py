@@ -7,7 +7,6 @@ from ._errors import SelfConnectError
 from ._events import Event, add_listener, remove_listener, reset_stats, stats
 from ._install import install, is_installed, status, uninstall
 from ._kernel import is_self_connected
-from ._version import __version__
 
 __all__ = [
     "Event",
@@ -23,3 +22,15 @@ __all__ = [
     "status",
     "uninstall",
 ]
+
+
+def __getattr__(name: str) -> str:
+    # __version__ comes from _version when it is asked for (the CLI, the
+    # exporters, a user): not a module more at every guarded process's first
+    # connect, which imports this package. Outside install(), so no fork child
+    # of the guard ever needs it.
+    if name == "__version__":
+        from ._version import __version__
+
+        return __version__
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

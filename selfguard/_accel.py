@@ -22,7 +22,7 @@ if not _config.speedups_enabled():
     why_not = "turned off by SELFGUARD_SPEEDUPS"
 else:
     try:
-        from . import _speedups as _loaded  # type: ignore[attr-defined]  # built by setup.py
+        from . import _speedups as _loaded  # type: ignore[attr-defined,unused-ignore]  # built by setup.py
     except ImportError as exc:
         why_not = f"not loaded: {exc}"
     else:

@@ -8,12 +8,10 @@ import socket
 import sys
 import types
 
-import wrapt
-
 # Every module install() needs is imported here, none inside it: under the
 # sitecustomize a fork can land while another thread installs, and a child
 # that then imports a module the parent was half-way through would hang.
-from . import _config, _loops, _state
+from . import _config, _loops, _state, _wrapt
 from ._accel import speedups
 from ._connect import bind_wrapper, finish, make_connect_wrapper
 from ._fastopen import make_send_wrapper
@@ -44,7 +42,7 @@ _WRAPPERS = (
 )
 
 
-class _BoundMethodWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
+class _BoundMethodWrapper(_wrapt.BoundFunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
     """wrapt's bound wrapper, pickled as the stdlib pickles the bound method (a socket is not picklable: TypeError)."""
 
     def __reduce__(self) -> Any:
@@ -54,7 +52,7 @@ class _BoundMethodWrapper(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg,
         return self.__wrapped__.__reduce_ex__(protocol)
 
 
-class _MethodWrapper(wrapt.FunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
+class _MethodWrapper(_wrapt.FunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
     """The guard's wrapper on a socket class's method.
 
     wrapt's proxies refuse to be pickled (NotImplementedError), where the
@@ -140,7 +138,7 @@ def wrap(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
             setattr(cls, name, ours)
             _patched[key] = (ours, _ABSENT)
         else:
-            ours = wrapt.wrap_object(cls, name, _MethodWrapper, (wrapper,))
+            ours = _wrapt.wrap_object(cls, name, _MethodWrapper, (wrapper,))
             ours._self_before = current
             _patched[key] = (ours, current)
 
@@ -248,7 +246,7 @@ def watch_loops() -> None:
             _patch(module)
         elif name not in _hooked:
             _hooked.add(name)  # wrapt offers no way to unregister; the hook checks the state
-            wrapt.register_post_import_hook(_patch, name)
+            _wrapt.register_post_import_hook(_patch, name)
 
 
 def _patch(module: Any) -> None:
