@@ -9,11 +9,13 @@ someone patched on top of it. reset() puts everything back for tests.
 
 from __future__ import annotations
 
-import contextvars
+# The C modules behind contextvars and weakref: the same classes, without loading
+# weakref.py (and what it imports) at every guarded process's first connect.
+import _contextvars
+import _weakref
 import errno
 import sys
 import time
-import weakref
 
 from . import _events, _marker
 from ._accel import speedups
@@ -23,7 +25,9 @@ from ._kernel import netns_cookie, read_ephemeral_range, thread_netns_cookie
 # imported it already, and every annotation here is a string (PEP 563) never evaluated.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from contextvars import ContextVar
     from typing import Any, Optional
+    from weakref import ref
 
     from ._config import Options
 
@@ -64,18 +68,18 @@ class SocketSet:
     __slots__ = ("_refs",)
 
     def __init__(self) -> None:
-        self._refs: dict[int, weakref.ref[Any]] = {}
+        self._refs: dict[int, ref[Any]] = {}
 
     def add(self, sock: Any) -> bool:
         key, refs = id(sock), self._refs
 
-        def forget(ref: weakref.ref[Any]) -> None:
+        def forget(ref: ref[Any]) -> None:
             # Runs as the socket is freed, before its id can be reused.
             if refs.get(key) is ref:
                 refs.pop(key, None)
 
         try:
-            refs[key] = weakref.ref(sock, forget)
+            refs[key] = _weakref.ref(sock, forget)
         except TypeError:
             return False
         return True
@@ -137,7 +141,7 @@ class _State:
         self.pending = SocketSet()
         # Set while a layer that can retry (asyncio's sock_connect) checks the
         # connects it makes itself: the SO_ERROR check stands back.
-        self.delegated: contextvars.ContextVar[bool] = contextvars.ContextVar("selfguard_delegated", default=False)
+        self.delegated: ContextVar[bool] = _contextvars.ContextVar("selfguard_delegated", default=False)
         # What the C wrappers read of all this (selfguard._speedups), kept equal by sync().
         self.fast: Any = speedups.State() if speedups is not None else None
 
