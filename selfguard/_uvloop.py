@@ -48,20 +48,19 @@ class _Gate:
     the one dialled -- hands the transport over inline.
     """
 
-    __slots__ = ("action", "attempt", "factory", "host", "number", "port", "protocol", "tls")
+    __slots__ = ("action", "attempt", "call", "number", "protocol", "tls")
 
     action: Optional[Action]  # what the policy said of the last attempt; None: not a self-connect
     attempt: int
-    factory: Callable[[], Any]
-    host: Any
+    call: tuple[Callable[[], Any], Any, Any]  # the caller's (factory, host, port): the positional call's own tuple
     number: int  # the dialled port as a number, 0 when it is not written as one
-    port: Any  # the dialled port as the caller gave it
     protocol: Any  # the user's protocol, once the user's factory made it
     tls: bool
 
     @property
     def address(self) -> tuple[Any, Any]:
-        return (self.host, self.port)
+        """(host, port) as the caller gave them: made only for an event, a log line or an error."""
+        return (self.call[1], self.call[2])
 
     def __call__(self) -> _Gate:
         # uvloop calls its factory first thing, once per create_connection: the
@@ -71,7 +70,7 @@ class _Gate:
         if self.attempt:
             self.action = None
         else:
-            self.protocol = self.factory()
+            self.protocol = self.call[0]()
         self.attempt += 1
         return self
 
@@ -108,10 +107,12 @@ class _Gate:
         pass
 
 
-def _gate(factory: Callable[[], Any], number: int, host: Any, port: Any, tls: bool) -> _Gate:
+def _gate(call: tuple[Callable[[], Any], Any, Any], number: int, tls: bool) -> _Gate:
     """A new gate for one create_connection; object.__new__ and slot stores cost less than an __init__ frame."""
     gate: _Gate = _new(_Gate)
-    gate.factory, gate.number, gate.host, gate.port, gate.tls = factory, number, host, port, tls
+    gate.call = call
+    gate.number = number
+    gate.tls = tls
     gate.attempt = 0
     gate.action = None
     return gate
@@ -131,7 +132,7 @@ def create_connection(wrapped: Callable[..., Any], instance: Any, args: tuple[An
         if kwargs:
             return _with_keywords(wrapped, instance, args, kwargs)
         return wrapped(*args)  # no port (or too many arguments): uvloop's to judge
-    factory, host, port = args
+    port = args[2]
     number = port if type(port) is int else _port_number(port)
     # The cached range first: in_range() is called only for a port outside it.
     if number and not (state.low <= number <= state.high or in_range(number)):
@@ -139,10 +140,12 @@ def create_connection(wrapped: Callable[..., Any], instance: Any, args: tuple[An
     # number 0: a form getaddrinfo may read but the guard does not (" 40000",
     # 40000.0, "²"); the gate then judges by the ports the connection has.
     gate: _Gate = _new(_Gate)  # _gate(), inline: this is every guarded open_connection's path
-    gate.factory, gate.number, gate.host, gate.port, gate.tls = factory, number, host, port, False
+    gate.call = args  # three items, as checked above
+    gate.number = number
+    gate.tls = False
     gate.attempt = 0
     gate.action = None
-    return _gated(wrapped, gate, host, port)
+    return _gated(wrapped, gate, args[1], port)
 
 
 def _with_keywords(wrapped: Callable[..., Any], loop: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -160,7 +163,7 @@ def _with_keywords(wrapped: Callable[..., Any], loop: Any, args: tuple[Any, ...]
     number = _port_number(port)
     if number and not in_range(number):
         return wrapped(*args, **kwargs)
-    gate = _gate(factory, number, host, port, tls)
+    gate = _gate((factory, host, port), number, tls)
     if args:
         args = (gate, *args[1:])
     kwargs = dict(kwargs)
