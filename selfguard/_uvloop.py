@@ -36,15 +36,14 @@ if TYPE_CHECKING:
 
 API = "loop.create_connection"
 _TLS_OPTIONS = ("ssl", "server_hostname", "ssl_handshake_timeout", "ssl_shutdown_timeout")
-_new = object.__new__
 
 
 class _Gate:
     """The protocol factory and protocol uvloop sees until the connection is known not to be a self-connect.
 
     It runs twice per create_connection (the factory call, connection_made),
-    so it is written for speed: its state is set by the caller with no
-    __init__ frame, and the common case -- a kernel-picked port other than
+    so it is written for speed: it has no __init__ (a Python frame), its
+    state is set by the one who makes it, and the common case -- a kernel-picked port other than
     the one dialled -- hands the transport over inline.
     """
 
@@ -108,8 +107,8 @@ class _Gate:
 
 
 def _gate(call: tuple[Callable[[], Any], Any, Any], number: int, tls: bool) -> _Gate:
-    """A new gate for one create_connection; object.__new__ and slot stores cost less than an __init__ frame."""
-    gate: _Gate = _new(_Gate)
+    """A new gate for one create_connection."""
+    gate = _Gate()
     gate.call = call
     gate.number = number
     gate.tls = tls
@@ -139,7 +138,7 @@ def create_connection(wrapped: Callable[..., Any], instance: Any, args: tuple[An
         return wrapped(*args)
     # number 0: a form getaddrinfo may read but the guard does not (" 40000",
     # 40000.0, "²"); the gate then judges by the ports the connection has.
-    gate: _Gate = _new(_Gate)  # _gate(), inline: this is every guarded open_connection's path
+    gate = _Gate()  # _gate(), inline: this is every guarded open_connection's path
     gate.call = args  # three items, as checked above
     gate.number = number
     gate.tls = False
