@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import _socket
 import errno
 
+from . import _events
 from ._detect import port_of, self_connected
 from ._errors import SelfConnectError
 from ._policy import Action, on_addrnotavail, on_self_connect, retried, retrying
@@ -16,6 +18,9 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 API = "loop.sock_connect"
+_EADDRNOTAVAIL = errno.EADDRNOTAVAIL
+_socket_class = _socket.socket
+_getsockname = _socket.socket.getsockname
 
 
 def wrapper_for(method: str) -> Callable[..., Any]:
@@ -37,10 +42,12 @@ async def sock_connect(
     is retried too. Knowing the dialled port, the check costs one
     getsockname(); the SO_ERROR check stands back meanwhile.
     """
-    if state.options is None or kwargs or len(args) != 2:
+    if kwargs or len(args) != 2 or state.options is None:
         return await wrapped(*args, **kwargs)
     sock, address = args
-    port = port_of(address)
+    # The usual (host, int port) form is read here, every other one by port_of().
+    usual = type(address) is tuple and len(address) > 1 and type(address[1]) is int
+    port = address[1] if usual else port_of(address)
     if not port:
         return await wrapped(sock, address)  # not an INET address: the stdlib's error
     token = state.delegated.set(True)
@@ -51,7 +58,7 @@ async def sock_connect(
             try:
                 await wrapped(sock, address)
             except OSError as exc:
-                if exc.errno != errno.EADDRNOTAVAIL or (
+                if exc.errno != _EADDRNOTAVAIL or (
                     on_addrnotavail(sock, port, address, API, attempt, can_retry=True) is not Action.RETRY
                 ):
                     if attempt > 1:
@@ -69,9 +76,24 @@ async def sock_connect(
                     retried(API, address, attempt, met_itself, exc)
                 raise
             else:
-                if not in_range(port, sock):
+                # The cached range answers without a call; in_range() only for a port outside it.
+                if not (state.low <= port <= state.high or in_range(port, sock)):
                     return None  # a kernel-picked port never equals one outside the range
-                local = self_connected(sock, port)
+                # self_connected(), its common case inline: the socket's own
+                # port differs from the one dialled (counted as it counts it).
+                local = None
+                if isinstance(sock, _socket_class):
+                    try:
+                        local = _getsockname(sock)
+                    except OSError:
+                        pass  # self_connected() asks again, and reports the fault
+                    else:
+                        if local[1] != port:
+                            next(_events.checked)
+                            if attempt > 1:
+                                retried(API, address, attempt, met_itself, 0)
+                            return None
+                local = self_connected(sock, port, local)
                 if local is None:
                     if attempt > 1:
                         retried(API, address, attempt, met_itself, 0)

@@ -54,7 +54,9 @@ def getsockopt_wrapper(
     """
     if kwargs:
         return call_as_the_stdlib(wrapped, instance, args, kwargs)
-    if args[:2] != _SO_ERROR or len(args) > 3 or state.options is None:
+    # The usual read, (SOL_SOCKET, SO_ERROR) exactly (asyncio's), is told apart
+    # without slicing; a slice only when there is a buflen.
+    if (args != _SO_ERROR and (len(args) != 3 or args[:2] != _SO_ERROR)) or state.options is None:
         return wrapped(*args)
     value = wrapped(*args)
     # With a buflen the kernel's int comes back as bytes: all zero means no error.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ssl as _ssl
 
+from . import _events
 from ._detect import port_of, self_connected
 from ._errors import SelfConnectError
 from ._policy import Action, on_self_connect, retried, retrying
@@ -35,49 +36,65 @@ if TYPE_CHECKING:
 
 API = "loop.create_connection"
 _TLS_OPTIONS = ("ssl", "server_hostname", "ssl_handshake_timeout", "ssl_shutdown_timeout")
-_UNMADE: Any = object()  # the user's protocol, before the user's factory is called
 
 
 class _Gate:
-    """The protocol factory and protocol uvloop sees until the connection is known not to be a self-connect."""
+    """The protocol factory and protocol uvloop sees until the connection is known not to be a self-connect.
 
-    __slots__ = ("action", "address", "attempt", "factory", "port", "protocol", "tls")
+    It runs twice per create_connection (the factory call, connection_made),
+    so it is written for speed: it has no __init__ (a Python frame), its
+    state is set by the one who makes it, and the common case -- a kernel-picked port other than
+    the one dialled -- hands the transport over inline.
+    """
 
-    def __init__(self, factory: Callable[[], Any], port: int, address: Any, tls: bool) -> None:
-        self.factory, self.port, self.address, self.tls = factory, port, address, tls
-        self.protocol = _UNMADE
-        self.attempt = 0
-        self.action: Optional[Action] = None
+    __slots__ = ("action", "attempt", "call", "number", "protocol", "tls")
+
+    action: Optional[Action]  # what the policy said of the last attempt; None: not a self-connect
+    attempt: int
+    call: tuple[Callable[[], Any], Any, Any]  # the caller's (factory, host, port): the positional call's own tuple
+    number: int  # the dialled port as a number, 0 when it is not written as one
+    protocol: Any  # the user's protocol, once the user's factory made it
+    tls: bool
+
+    @property
+    def address(self) -> tuple[Any, Any]:
+        """(host, port) as the caller gave them: made only for an event, a log line or an error."""
+        return (self.call[1], self.call[2])
 
     def __call__(self) -> _Gate:
         # uvloop calls its factory first thing, once per create_connection: the
         # user's is called there on the first attempt (a factory that raises
         # makes create_connection raise, as without the guard), and its
         # protocol waits through the attempts a self-connect costs.
-        if self.protocol is _UNMADE:
-            self.protocol = self.factory()
+        if self.attempt:
+            self.action = None
+        else:
+            self.protocol = self.call[0]()
         self.attempt += 1
-        self.action = None
         return self
 
     def connection_made(self, transport: Any) -> None:
-        # The transport's sockname costs a quarter of its socket's
-        # getsockname() under uvloop; the socket is only needed to ask for
-        # the peer: when the ports match, or the dialled port is not known.
+        # uvloop read the transport's sockname when it connected: asking for
+        # it costs no syscall. The socket is only needed to ask for the peer:
+        # when the ports match, or the dialled port is not known.
         local = transport.get_extra_info("sockname")
-        maybe_self = local is None or not self.port or local[1] == self.port
-        sock = transport.get_extra_info("socket") if maybe_self else None
-        local = self_connected(sock, self.port, local)
-        if local is not None:
-            self.action = on_self_connect(sock, local, self.address, API, self.attempt, can_retry=True)
-            if self.action is not Action.HAND_BACK:
-                transport.abort()  # reset in place already: no RST storm, no TIME_WAIT
-                return
+        number = self.number
+        if local is None or not number or local[1] == number:
+            sock = transport.get_extra_info("socket")
+            local = self_connected(sock, number, local)
+            if local is not None:
+                self.action = on_self_connect(sock, local, self.address, API, self.attempt, can_retry=True)
+                if self.action is not Action.HAND_BACK:
+                    transport.abort()  # reset in place already: no RST storm, no TIME_WAIT
+                    return
+        else:
+            next(_events.checked)  # what self_connected() counts for a port that differs
         if self.tls:
             transport.pause_reading()  # start_tls takes it from here
             return
-        transport.set_protocol(self.protocol)
-        self.protocol.connection_made(transport)
+        protocol = self.protocol
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         pass  # only an aborted self-connect, which the user's protocol never saw
@@ -89,6 +106,17 @@ class _Gate:
         pass
 
 
+def _gate(call: tuple[Callable[[], Any], Any, Any], number: int, tls: bool) -> _Gate:
+    """A new gate for one create_connection."""
+    gate = _Gate()
+    gate.call = call
+    gate.number = number
+    gate.tls = tls
+    gate.attempt = 0
+    gate.action = None
+    return gate
+
+
 def create_connection(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Guard uvloop's Loop.create_connection (and so asyncio.open_connection under uvloop).
 
@@ -97,20 +125,26 @@ def create_connection(wrapped: Callable[..., Any], instance: Any, args: tuple[An
     a port outside the ephemeral range. Not a coroutine itself: a
     passthrough returns uvloop's own coroutine, with no layer of ours around it.
     """
-    if state.options is None:
-        return wrapped(*args, **kwargs)
-    if kwargs:
-        return _with_keywords(wrapped, instance, args, kwargs)
-    if len(args) != 3:
+    if kwargs or len(args) != 3 or state.options is None:
+        if state.options is None:
+            return wrapped(*args, **kwargs)
+        if kwargs:
+            return _with_keywords(wrapped, instance, args, kwargs)
         return wrapped(*args)  # no port (or too many arguments): uvloop's to judge
-    factory, host, port = args
-    number = _port_number(port)
-    if number and not in_range(number):
+    port = args[2]
+    number = port if type(port) is int else _port_number(port)
+    # The cached range first: in_range() is called only for a port outside it.
+    if number and not (state.low <= number <= state.high or in_range(number)):
         return wrapped(*args)
     # number 0: a form getaddrinfo may read but the guard does not (" 40000",
     # 40000.0, "²"); the gate then judges by the ports the connection has.
-    gate = _Gate(factory, number, (host, port), False)
-    return _through_gate(wrapped, instance, gate, (gate, host, port), kwargs, None)
+    gate = _Gate()  # _gate(), inline: this is every guarded open_connection's path
+    gate.call = args  # three items, as checked above
+    gate.number = number
+    gate.tls = False
+    gate.attempt = 0
+    gate.action = None
+    return _gated(wrapped, gate, args[1], port)
 
 
 def _with_keywords(wrapped: Callable[..., Any], loop: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -128,7 +162,7 @@ def _with_keywords(wrapped: Callable[..., Any], loop: Any, args: tuple[Any, ...]
     number = _port_number(port)
     if number and not in_range(number):
         return wrapped(*args, **kwargs)
-    gate = _Gate(factory, number, (host, port), tls)
+    gate = _gate((factory, host, port), number, tls)
     if args:
         args = (gate, *args[1:])
     kwargs = dict(kwargs)
@@ -156,6 +190,14 @@ def _port_number(port: Any) -> int:
     return port_of((None, port))
 
 
+async def _gated(wrapped: Callable[..., Any], gate: _Gate, host: Any, port: Any) -> Any:
+    """The positional call without TLS (asyncio.open_connection's): one attempt inline, the rest in _through_gate."""
+    transport, _ = await wrapped(gate, host, port)
+    if gate.action is None:
+        return transport, gate.protocol
+    return await _through_gate(wrapped, None, gate, (gate, host, port), {}, None, transport)
+
+
 async def _through_gate(
     wrapped: Callable[..., Any],
     loop: Any,
@@ -163,15 +205,21 @@ async def _through_gate(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     tls: Optional[dict[str, Any]],
+    transport: Any = None,
 ) -> Any:
-    """Connect through the gate until the policy is satisfied; then TLS, if asked for."""
+    """Connect through the gate until the policy is satisfied; then TLS, if asked for.
+
+    *transport*: the first attempt made already by _gated(), whose outcome is
+    the gate's action.
+    """
     while True:
-        try:
-            transport, _ = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            if gate.attempt > 1:
-                retried(API, gate.address, gate.attempt, True, exc)  # a retry ended it: its one log line
-            raise
+        if transport is None:
+            try:
+                transport, _ = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                if gate.attempt > 1:
+                    retried(API, gate.address, gate.attempt, True, exc)  # a retry ended it: its one log line
+                raise
         action = gate.action
         if action is Action.REFUSE:
             raise SelfConnectError(gate.address, gate.attempt)
@@ -180,6 +228,7 @@ async def _through_gate(
                 retried(API, gate.address, gate.attempt, True, 0)
             break
         retrying(API, gate.address, gate.attempt + 1, "self-connect")
+        transport = None
     if not tls:
         return transport, gate.protocol
     return await _start_tls(loop, transport, gate.protocol, gate.address[0], tls)
