@@ -6,6 +6,7 @@ import _socket
 import errno
 
 from . import _events
+from ._accel import speedups
 from ._detect import port_of, self_connected
 from ._errors import SelfConnectError
 from ._policy import Action, on_addrnotavail, on_self_connect, retried, retrying
@@ -21,6 +22,7 @@ API = "loop.sock_connect"
 _EADDRNOTAVAIL = errno.EADDRNOTAVAIL
 _socket_class = _socket.socket
 _getsockname = _socket.socket.getsockname
+_sockname_port = speedups.sockname_port if speedups is not None else None
 
 
 def wrapper_for(method: str) -> Callable[..., Any]:
@@ -81,18 +83,23 @@ async def sock_connect(
                     return None  # a kernel-picked port never equals one outside the range
                 # self_connected(), its common case inline: the socket's own
                 # port differs from the one dialled (counted as it counts it).
-                local = None
+                # With the C accelerator, the port alone (no address tuple
+                # built); its 0 (not INET) or an error leaves it to self_connected().
+                local, local_port = None, 0
                 if isinstance(sock, _socket_class):
                     try:
-                        local = _getsockname(sock)
-                    except OSError:
-                        pass  # self_connected() asks again, and reports the fault
-                    else:
-                        if local[1] != port:
-                            next(_events.checked)
-                            if attempt > 1:
-                                retried(API, address, attempt, met_itself, 0)
-                            return None
+                        if _sockname_port is not None:
+                            local_port = _sockname_port(sock.fileno())
+                        else:
+                            local = _getsockname(sock)
+                            local_port = local[1]
+                    except (OSError, ValueError):
+                        local_port = 0  # self_connected() asks again, and reports the fault
+                    if local_port and local_port != port:
+                        next(_events.checked)
+                        if attempt > 1:
+                            retried(API, address, attempt, met_itself, 0)
+                        return None
                 local = self_connected(sock, port, local)
                 if local is None:
                     if attempt > 1:
