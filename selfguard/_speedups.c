@@ -192,6 +192,9 @@ static PyObject *call_after(Wrapper *self, PyObject *wrapped, PyObject *instance
     return result;
 }
 
+/* The calls of the real method below pass wrapt's own args tuple, (address,) once checked:
+ * no tuple is built, as in a bare passthrough. */
+
 /* The dialled port of a plain (host, int) address, or 0 when the address is any other form. */
 static long plain_port(PyObject *address) {
     if (!PyTuple_CheckExact(address) || PyTuple_Size(address) < 2)
@@ -273,25 +276,25 @@ static PyObject *connect_call(Wrapper *self, PyObject *wrapped, PyObject *instan
         return call_slow(self, wrapped, instance, args, kwargs); /* gevent's class, or no socket */
     PyObject *address = PyTuple_GetItem(args, 0);
     if (FIELD(instance, off_type, int) != SOCK_STREAM)
-        return PyObject_CallFunctionObjArgs(wrapped, address, NULL);
+        return PyObject_Call(wrapped, args, NULL);
     long port = plain_port(address);
     if (port == 0) {
         if (PyUnicode_Check(address) || PyBytes_Check(address))
-            return PyObject_CallFunctionObjArgs(wrapped, address, NULL); /* AF_UNIX: no port */
+            return PyObject_Call(wrapped, args, NULL); /* AF_UNIX: no port */
         return call_slow(self, wrapped, instance, args, kwargs);
     }
     if (FIELD(instance, off_timeout, int64_t) == 0) {
         /* Non-blocking: asyncio's sock_connect checks it itself; any other is marked by Python,
          * to be checked at completion. */
         if (delegated(state))
-            return PyObject_CallFunctionObjArgs(wrapped, address, NULL);
+            return PyObject_Call(wrapped, args, NULL);
         return call_slow(self, wrapped, instance, args, kwargs);
     }
     int outside = port < state->low || port > state->high;
     if (outside && (!state->known || !state->cookie_known || monotonic() > state->refresh_at))
         return call_slow(self, wrapped, instance, args, kwargs); /* the range is Python's to read */
 
-    PyObject *result = PyObject_CallFunctionObjArgs(wrapped, address, NULL);
+    PyObject *result = PyObject_Call(wrapped, args, NULL);
     if (result == NULL) {
         if (outside || raised_nothing_to_do())
             return NULL;
@@ -339,13 +342,13 @@ static PyObject *bind_call(Wrapper *self, PyObject *wrapped, PyObject *instance,
     PyObject *address = PyTuple_GetItem(args, 0);
     long port = plain_port(address);
     if (port == 0 && (PyUnicode_Check(address) || PyBytes_Check(address)))
-        return PyObject_CallFunctionObjArgs(wrapped, address, NULL); /* AF_UNIX */
+        return PyObject_Call(wrapped, args, NULL); /* AF_UNIX */
     if (port == 0 || (port >= state->low && port <= state->high) || !state->known || !state->cookie_known ||
         monotonic() > state->refresh_at)
         return call_slow(self, wrapped, instance, args, kwargs); /* port 0, other forms, or one to remember */
     /* An explicit port outside the range: the kernel never picks it, no connect to it is
      * checked, so there is nothing to remember. */
-    return PyObject_CallFunctionObjArgs(wrapped, address, NULL);
+    return PyObject_Call(wrapped, args, NULL);
 }
 
 static PyObject *getsockopt_call(Wrapper *self, PyObject *wrapped, PyObject *instance, PyObject *args,
@@ -376,13 +379,12 @@ static PyObject *send_call(Wrapper *self, PyObject *wrapped, PyObject *instance,
 }
 
 static PyObject *wrapper_call(Wrapper *self, PyObject *call_args, PyObject *call_kwargs) {
-    PyObject *wrapped, *instance, *args, *kwargs;
-    if (call_kwargs != NULL && PyDict_Size(call_kwargs) != 0) {
-        PyErr_SetString(PyExc_TypeError, "a selfguard wrapper takes no keyword arguments");
+    if ((call_kwargs != NULL && PyDict_Size(call_kwargs) != 0) || PyTuple_Size(call_args) != 4) {
+        PyErr_SetString(PyExc_TypeError, "a selfguard wrapper takes 4 positional arguments (wrapped, instance, args, kwargs)");
         return NULL;
     }
-    if (!PyArg_UnpackTuple(call_args, "wrapper", 4, 4, &wrapped, &instance, &args, &kwargs))
-        return NULL;
+    PyObject *wrapped = PyTuple_GetItem(call_args, 0), *instance = PyTuple_GetItem(call_args, 1);
+    PyObject *args = PyTuple_GetItem(call_args, 2), *kwargs = PyTuple_GetItem(call_args, 3);
     /* wrapt always gives a tuple and a dict; anything else is the Python wrapper's to take. */
     if (!PyTuple_Check(args) || !PyDict_Check(kwargs)) {
         if (self->kind != PASSTHROUGH)
