@@ -235,7 +235,7 @@ def _retry(
             if deadline is not None:
                 # Listeners may have spent the rest: the attempt still gets its
                 # minimum, so the deadline is overshot by at most that much.
-                sock.settimeout(max(deadline - _monotonic(), MIN_RETRY_BUDGET))
+                _settimeout(sock, max(deadline - _monotonic(), MIN_RETRY_BUDGET))
             found = _attempt(wrapped, address, api)
             if found == 0:
                 local = self_connected(sock, port)
@@ -251,9 +251,17 @@ def _retry(
     finally:
         if timeout is not None and attempt > 1:
             try:
-                sock.settimeout(_same_timeout(sock, timeout))
+                _settimeout(sock, _same_timeout(sock, timeout))
             except OSError:
                 pass  # closed by another thread meanwhile; nothing left to restore
+
+
+def _settimeout(sock: Any, timeout: float) -> None:
+    """Set the socket's timeout as the stdlib keeps it: a subclass's own settimeout() is not the guard's to call."""
+    if isinstance(sock, _socket.socket):
+        _socket.socket.settimeout(sock, timeout)
+    else:
+        sock.settimeout(timeout)  # gevent's class keeps its own
 
 
 def _same_timeout(sock: Any, timeout: float) -> float:

@@ -32,6 +32,16 @@ _SOCK_STREAM = int(socket.SOCK_STREAM)
 _ARGUMENTS = {"sendto": (1, 2), "sendmsg": (2, 3)}
 
 
+def _reusable(items: Any) -> Any:
+    """*items* if it can be iterated again (a list, a tuple), else its items in a list; anything else as it is."""
+    if type(items) in (list, tuple):
+        return items
+    try:
+        return list(items)
+    except TypeError:
+        return items  # not iterable: the stdlib's TypeError, from the real call
+
+
 def make_send_wrapper(api: str) -> Callable[..., Any]:
     """Build the wrapper for socket.socket.sendto or .sendmsg: anything but a Fast Open connect passes through."""
     flags_at, address_at = _ARGUMENTS[api]
@@ -45,6 +55,12 @@ def make_send_wrapper(api: str) -> Callable[..., Any]:
         if not port:
             return wrapped(*args)
         address = args[address_at]
+        if api == "sendmsg":
+            # The buffers and ancillary data may be any iterables, read once by
+            # each call: a retry must send what the first attempt was given,
+            # not an exhausted generator. Read once here instead (the stdlib
+            # reads them in order too, and judges their items itself).
+            args = (_reusable(args[0]), _reusable(args[1]), *args[2:])
         attempt = 1
         # Marked first: a non-blocking one raises EINPROGRESS here and is checked
         # by the SO_ERROR read that completes it.

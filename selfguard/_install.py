@@ -51,6 +51,14 @@ class _BoundMethodWrapper(_wrapt.BoundFunctionWrapper):  # type: ignore[type-arg
     def __reduce_ex__(self, protocol: Any) -> Any:
         return self.__wrapped__.__reduce_ex__(protocol)
 
+    # copy.copy() and copy.deepcopy() hand the stdlib's methods back as they are
+    # (atomic); wrapt's proxies refuse (NotImplementedError).
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self
+
 
 class _MethodWrapper(_wrapt.FunctionWrapper):  # type: ignore[type-arg,misc,unused-ignore]  # generic in wrapt 2, untyped in 1
     """The guard's wrapper on a socket class's method.
@@ -71,6 +79,12 @@ class _MethodWrapper(_wrapt.FunctionWrapper):  # type: ignore[type-arg,misc,unus
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         return self.__wrapped__.__reduce_ex__(protocol)
+
+    def __copy__(self) -> Any:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self
 
 
 lock = _thread.RLock()

@@ -70,6 +70,10 @@ class _Gate:
             self.action = None
         else:
             self.protocol = self.call[0]()
+            if self.protocol is None:
+                # uvloop's own check of the protocol it is given (the gate, now):
+                # made here, for the user's, it raises where and as uvloop does.
+                raise TypeError("protocol is required")
         self.attempt += 1
         return self
 

@@ -126,6 +126,10 @@ CASES: dict[str, Callable[[Any, dict[str, int]], Any]] = {
     "no host": lambda loop, p: loop.create_connection(Quiet, None, p["plain"]),
     "host too long": lambda loop, p: loop.create_connection(Quiet, "a" * 300, p["plain"]),
     "factory raises": lambda loop, p: loop.create_connection(lambda: 1 / 0, "127.0.0.1", p["plain"]),
+    "factory returns None": lambda loop, p: loop.create_connection(lambda: None, "127.0.0.1", p["plain"]),
+    "factory returns None, keywords": lambda loop, p: loop.create_connection(
+        lambda: None, host="127.0.0.1", port=p["plain"]
+    ),
     "too many arguments": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", p["plain"], None),
     # uvloop binds and validates its own arguments, with or without the guard.
     "port '²'": lambda loop, p: loop.create_connection(Quiet, "127.0.0.1", "\u00b2"),

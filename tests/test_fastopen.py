@@ -113,3 +113,29 @@ def test_fast_open_outcomes_the_guard_does_not_handle_are_the_stdlibs(free_port,
         for _ in range(2):  # the served connects, accepted so nothing is left in the backlog
             srv.accept()[0].close()
     assert unguarded == guarded
+
+
+def test_a_fast_open_retry_sends_a_generators_buffers_again(forced, free_port):
+    """sendmsg() takes any iterable of buffers: a one-shot generator is sent whole by the retry too."""
+    selfguard.install()
+    port = free_port()
+    sock = forced(port, timeout=None)
+    server: list[socket.socket] = []
+
+    def server_comes_back(event: selfguard.Event) -> None:
+        if event.kind == "retry":
+            set_port_range(sock, 0, 0)
+            server.append(socket.create_server(("127.0.0.1", port)))
+
+    selfguard.add_listener(server_comes_back)
+    chunks = (chunk for chunk in [b"HELLO ", b"WORLD"])
+    assert 11 == sock.sendmsg(chunks, iter(()), MSG_FASTOPEN, ("127.0.0.1", port))
+    peer, _ = server[0].accept()
+    with peer:
+        peer.settimeout(5)
+        received = b""
+        while len(received) < 11:
+            received += peer.recv(16)
+        assert b"HELLO WORLD" == received
+    close_rst(sock)
+    server[0].close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _socket
+import copy
 import pickle
 import socket
 import threading
@@ -158,6 +159,16 @@ def test_the_wrapped_methods_pickle_as_the_stdlib_methods_do():
         guarded = pickling(sock)
     assert bare == guarded
     assert (TypeError, None, "cannot pickle 'socket' object") == bare[1]
+
+
+def test_the_wrapped_methods_copy_as_the_stdlib_methods_do():
+    """copy.copy() and copy.deepcopy() give the method itself back, bound or not, as for the stdlib's (atomic)."""
+    with socket.socket() as sock:
+        selfguard.install()
+        for name in ALL_WRAPPED:
+            for method in (vars(socket.socket)[name], getattr(socket.socket, name), getattr(sock, name)):
+                assert copy.copy(method) is method
+                assert copy.deepcopy({"method": method})["method"] is method
 
 
 def test_a_wrapper_of_ours_put_back_is_reused_and_undone_exactly():

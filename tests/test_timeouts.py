@@ -109,3 +109,27 @@ def test_after_a_retry_the_timeout_comes_back_to_the_nanosecond(forced, free_por
         assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))  # three attempts, then gave up
         assert before == sock.gettimeout()
     assert 2 * len(timeouts) == selfguard.stats()["retries"]
+
+
+class Counting(socket.socket):
+    """A subclass whose settimeout() has a side effect: the guard's retries must not call it."""
+
+    calls = 0
+
+    def settimeout(self, value: float | None) -> None:
+        Counting.calls += 1
+        super().settimeout(value)
+
+
+def test_a_retry_never_calls_a_subclass_s_own_settimeout(forced, free_port):
+    """The guard sets the remaining budget with _socket.socket's method, as the stdlib keeps it."""
+    selfguard.install()
+    port = free_port()
+    sock = Counting()
+    sock.settimeout(2.0)
+    set_port_range(sock, port, port)
+    Counting.calls = 0
+    assert errno.ECONNREFUSED == sock.connect_ex(("127.0.0.1", port))  # three attempts, then gave up
+    assert (0, 2.0) == (Counting.calls, sock.gettimeout())
+    assert 2 == selfguard.stats()["retries"]
+    sock.close()
