@@ -22,6 +22,7 @@ from helpers import (  # noqa: F401
     outcome,
     require,
     require_forcing,
+    require_speedups,
 )
 
 
@@ -50,14 +51,12 @@ def both_wrappers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     built (it fails on CI without it), unless SELFGUARD_SPEEDUPS turned it off
     for a run of the pure-Python code.
     """
-    from selfguard import _accel, _install
+    from selfguard import _install
 
     if request.param == "Python":
         monkeypatch.setattr(_install, "_WRAPPERS", _install._PYTHON_WRAPPERS)
-    elif _accel.why_not.startswith("turned off"):
-        pytest.skip("SELFGUARD_SPEEDUPS turned the C accelerator off: this run tests the pure-Python wrappers")
     else:
-        require(_accel.speedups is not None, f"needs the C accelerator: {_accel.why_not}")
+        require_speedups()
     return str(request.param)
 
 

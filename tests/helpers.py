@@ -38,6 +38,16 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_speedups() -> None:
+    """Skip unless the C accelerator is loaded: fail on CI, where the README's install builds it,
+    except in the run that turned it off on purpose (SELFGUARD_SPEEDUPS=0: the pure-Python pass)."""
+    from selfguard import _accel
+
+    if _accel.why_not.startswith("turned off"):
+        pytest.skip("SELFGUARD_SPEEDUPS turned the C accelerator off: this run tests the pure-Python wrappers")
+    require(_accel.speedups is not None, f"needs the C accelerator: {_accel.why_not}")
+
+
 def require_forcing() -> None:
     """Skip (fail on CI) unless this kernel can force self-connects (IP_LOCAL_PORT_RANGE, Linux >= 6.3).
 

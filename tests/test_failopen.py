@@ -16,9 +16,9 @@ import sys
 import pytest
 
 import selfguard
-from selfguard import _accel, _detect, _kernel, _policy, testing
+from selfguard import _detect, _kernel, _policy, testing
 
-from helpers import require, require_forcing
+from helpers import require_forcing, require_speedups
 
 
 def _fails(*args):
@@ -105,7 +105,7 @@ def test_without_ctypes_a_self_connect_is_reset_in_place_with_its_options(free_p
     """
     require_forcing()
     if speedups == "1":
-        require(_accel.speedups is not None, f"needs the C accelerator: {_accel.why_not}")
+        require_speedups()
     port = free_port()
     done = subprocess.run(
         [

@@ -20,13 +20,9 @@ import pytest
 import selfguard
 from selfguard import _accel
 
-from helpers import require
+from helpers import require, require_speedups
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def require_speedups() -> None:
-    require(_accel.speedups is not None, f"needs the C accelerator: {_accel.why_not}")
 
 
 def wrapper_on(name: str) -> object:
