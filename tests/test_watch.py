@@ -96,9 +96,22 @@ def mine(reports: list[Report], netns: int, pid: Optional[int] = None, strict: b
     return [
         r
         for r in reports
-        if (r["netns"] == netns or (not strict and pid is not None and r["netns"] is None))
-        and (pid is None or r["pid"] == pid)
+        if (
+            (r["netns"] == netns or (not strict and pid is not None and r["netns"] is None))
+            and (pid is None or r["pid"] == pid)
+        )
+        or (not strict and softirq_elsewhere(r))
     ]
+
+
+def softirq_elsewhere(report: Report) -> bool:
+    """A self-connect on this test's port met in a softirq that a kernel thread ran (ksoftirqd, say).
+
+    Its pid and namespace are that thread's, as docs/operations.md says; no kernel
+    thread self-connects on PORT, so it is this test's program's.
+    """
+    kernel_thread = report["comm"].split("/")[0] in ("ksoftirqd", "swapper", "kworker")
+    return not report["pid_sure"] and report["port"] == PORT and kernel_thread
 
 
 def netns_of(stdout: str) -> int:
@@ -277,7 +290,9 @@ def test_the_native_guards_self_connects_are_reported_as_caught(selfdial: Path, 
     seen = mine(reports, netns_of(done["stdout"]), result["pid"])
     counted, gave_up = (total(report_lines(report), name) for name in ("self_connects", "gave_up"))
     assert gave_up >= 1
-    assert {"caught": counted - gave_up, "reset": gave_up} == Counter(r["outcome"] for r in seen)
+    assert {"caught": counted - gave_up, "reset": gave_up} == Counter(r["outcome"] for r in seen), [
+        (r["comm"], r["pid"], r["pid_sure"], r["netns"], r["outcome"]) for r in reports if r not in seen
+    ][:10]
     assert 0 == result["self_connects"]
 
 
@@ -585,10 +600,17 @@ def test_times_are_the_wall_clocks_to_the_millisecond() -> None:
         time.sleep(0.37)
     reports, _ = watch.stop()
     for pid, wall in times:
-        [report] = [r for r in reports if r["pid"] == pid]
-        seen = time.mktime(time.strptime(report["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-        seen += int(report["time"][20:23]) / 1000
-        assert abs(seen - wall) < 0.05, (report["time"], wall)
+        # Its own, or (met in a softirq that ran in another task) the one of its moment.
+        [report] = [r for r in reports if r["pid"] == pid] or [
+            r for r in reports if softirq_elsewhere(r) and abs(_seconds(r["time"]) - wall) < 0.05
+        ]
+        assert abs(_seconds(report["time"]) - wall) < 0.05, (report["time"], wall)
+
+
+def _seconds(stamp: str) -> float:
+    """A report's time (UTC, to the millisecond) as seconds since the epoch."""
+    seen = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    return seen + int(stamp[20:23]) / 1000
 
 
 # Two IPv6 sockets, [::1]:PORT and [fd00::5]:PORT, dial each other: a simultaneous open of two
