@@ -54,12 +54,8 @@ def test_a_fast_open_self_connect_is_retried_then_refused(forced, free_port, api
     assert (3, 2, 1) == tuple(selfguard.stats()[k] for k in ("self_connects", "retries", "gave_up"))
 
 
-@pytest.mark.parametrize("api", list(SENDS))
-def test_a_fast_open_retry_delivers_the_data_once_to_a_server_that_came_back(forced, free_port, api):
-    """The reset drops what the socket sent itself; the retry sends it to the real server, once."""
-    selfguard.install()
-    port = free_port()
-    sock = forced(port, timeout=None)
+def server_comes_back_at_the_retry(sock: socket.socket, port: int) -> list[socket.socket]:
+    """At the guard's retry, let *sock* pick any port and start a server on *port*: it holds that server."""
     server: list[socket.socket] = []
 
     def server_comes_back(event: selfguard.Event) -> None:
@@ -68,6 +64,16 @@ def test_a_fast_open_retry_delivers_the_data_once_to_a_server_that_came_back(for
             server.append(socket.create_server(("127.0.0.1", port)))
 
     selfguard.add_listener(server_comes_back)
+    return server
+
+
+@pytest.mark.parametrize("api", list(SENDS))
+def test_a_fast_open_retry_delivers_the_data_once_to_a_server_that_came_back(forced, free_port, api):
+    """The reset drops what the socket sent itself; the retry sends it to the real server, once."""
+    selfguard.install()
+    port = free_port()
+    sock = forced(port, timeout=None)
+    server = server_comes_back_at_the_retry(sock, port)
     assert 4 == SENDS[api](sock, b"PING", ("127.0.0.1", port))
     peer, _ = server[0].accept()
     with peer:
@@ -120,14 +126,7 @@ def test_a_fast_open_retry_sends_a_generators_buffers_again(forced, free_port):
     selfguard.install()
     port = free_port()
     sock = forced(port, timeout=None)
-    server: list[socket.socket] = []
-
-    def server_comes_back(event: selfguard.Event) -> None:
-        if event.kind == "retry":
-            set_port_range(sock, 0, 0)
-            server.append(socket.create_server(("127.0.0.1", port)))
-
-    selfguard.add_listener(server_comes_back)
+    server = server_comes_back_at_the_retry(sock, port)
     chunks = (chunk for chunk in [b"HELLO ", b"WORLD"])
     assert 11 == sock.sendmsg(chunks, iter(()), MSG_FASTOPEN, ("127.0.0.1", port))
     peer, _ = server[0].accept()
